@@ -1,0 +1,173 @@
+"""Typed run configuration: one small dataclass per component, loaded from TOML.
+
+    cfg = load_config("bench/standard.toml", overrides=["consensus.outer_lr=0.5", "sim.workers=4"])
+
+Every field can be overridden from the command line with `--set section.field=value`, where the
+value is parsed as a TOML literal (`0.5`, `true`, `"text"`, `[1, 2]`) and falls back to a bare string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainnet.model.gpt import GPTConfig
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # None: the running Python's standard library sources
+    shard_bytes: int = 262_144
+    val_every: int = 50  # every val_every-th shard is held out for validation
+    max_bytes: int | None = None  # cap on corpus bytes read (None: all)
+
+
+@dataclass
+class InnerConfig:
+    """The local (inner) optimizer every worker runs for one task."""
+
+    batch_size: int = 8
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay over the run's token budget down to lr * ratio
+    warmup_tokens: float = 0.02  # linear lr warm-up over this fraction of the budget
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ConsensusConfig:
+    """How the coordinator turns buffered pseudo-gradients into new model versions."""
+
+    h: int = 100  # inner steps per task
+    h_start: int | None = None  # H schedule: ramp from h_start to h over the first h_ramp of tokens
+    h_ramp: float = 0.0
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    nesterov: bool = True
+    quorum: int = 4  # aggregate as soon as this many updates are buffered
+    grace_s: float = 30.0  # ...or when the oldest buffered update has waited this long
+    min_updates: int = 1  # a grace-window aggregation needs at least this many
+    max_staleness: int = 8  # versions; staler updates are rejected and their shard requeued
+    staleness_power: float = 0.5  # weight (1 + tau) ** -power
+    token_weighting: bool = True
+    aggregator: str = "mean"
+    lease_s: float = 600.0  # a lease not answered in this long expires and its shard is requeued
+    max_leases_per_node: int = 1
+    warm_start: float = 0.0  # share of the token budget trained first by one node in one task
+
+
+@dataclass
+class SimConfig:
+    algo: str = "async"  # async | sync
+    workers: int = 8
+    tokens: int = 2_000_000  # accepted-token budget
+    seed: int = 0
+    dropout: float = 0.0  # probability that a task is lost (worker vanishes mid-task)
+    downtime_s: float = 60.0  # how long a dropped worker stays away
+    speed_sigma: float = 0.0  # log-normal spread of worker speeds
+    slow_fraction: float = 0.0  # share of workers in the slow tail
+    slow_factor: float = 0.25  # their speed multiplier
+    lag_s: float = 0.0  # mean extra upload delay (exponential)
+    depart_fraction: float = 0.0  # share of workers that leave for good at a random time
+    late_fraction: float = 0.0  # share of workers that join late
+    step_s: float = 0.1  # virtual seconds per inner step for a speed-1 worker
+    eval_every: int = 10  # outer steps between validation evaluations
+    eval_batches: int = 8
+    eval_batch_size: int = 32
+    codec: str = "fp32"
+    threads: int = 0  # torch threads (0: torch default)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override names an unknown field or a value of the wrong type."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config field {where!r} (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a table, got {value!r}")
+            _apply(current, value, where + ".")
+        else:
+            setattr(obj, key, _coerce(value, current, where))
+
+
+def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set `section.field` (any depth) on cfg, with type checks."""
+    parts = dotted.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    _apply(cfg, nested, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a RunConfig from defaults, then a TOML file, then `key=value` overrides."""
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        _apply(cfg, data, "")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        set_field(cfg, key.strip(), _parse_value(raw.strip()))
+    return cfg

@@ -1,0 +1,180 @@
+"""Run one task: base parameters, shard, sample seed, H inner AdamW steps -> pseudo-gradient.
+
+    result = run_task(model, base_params, shard.tokens, TaskHParams(steps=100, lr=3e-3), seed=7)
+    result.delta      # ParamDict, theta_base - theta_local (DiLoCo's pseudo-gradient)
+    result.tokens, result.loss_first, result.loss_last, result.time_s
+
+The inner optimizer starts fresh for every task, so a task's output depends only on its public
+inputs (base parameters, shard bytes, seed, hyperparameters): that is what lets a verifier recompute
+it. On CPU the result is bit-for-bit deterministic for the same inputs and thread count.
+
+Any `torch.nn.Module` whose `forward(x, y)` returns a loss (or a tuple ending with the loss) works.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from trainnet.train.schedule import lr_at
+
+ParamDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskHParams:
+    steps: int
+    lr: float
+    batch_size: int = 8
+    seq_len: int = 64
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # The run's lr schedule (warm-up then cosine, see train/schedule.py) evaluated over the share
+    # of the token budget this task covers: [progress_start, progress_end). Without them, lr is flat.
+    progress_start: float | None = None
+    progress_end: float | None = None
+    lr_warmup: float = 0.0
+    min_lr_ratio: float = 1.0
+
+    def lr_at_step(self, step: int) -> float:
+        if self.progress_start is None or self.progress_end is None:
+            return self.lr
+        p = self.progress_start + (self.progress_end - self.progress_start) * step / max(self.steps, 1)
+        return lr_at(p, self.lr, self.lr_warmup, self.min_lr_ratio)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TaskResult:
+    delta: ParamDict
+    tokens: int
+    steps: int
+    loss_first: float
+    loss_last: float
+    loss_mean: float
+    time_s: float
+
+
+def _loss_of(out: object) -> torch.Tensor:
+    if isinstance(out, tuple):
+        out = out[-1]
+    if not isinstance(out, torch.Tensor) or out.dim() != 0:
+        raise TypeError("model(x, y) must return a scalar loss or a tuple ending with one")
+    return out
+
+
+def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator) -> tuple[
+    torch.Tensor, torch.Tensor
+]:
+    """Random windows of seq_len+1 bytes from a shard; x is the window, y the window shifted by one."""
+    n = tokens.numel() - seq_len - 1
+    if n <= 0:
+        raise ValueError(f"shard of {tokens.numel()} tokens is too small for seq_len {seq_len}")
+    starts = torch.randint(0, n + 1, (batch_size,), generator=gen)
+    idx = starts[:, None] + torch.arange(seq_len + 1)[None, :]
+    win = tokens[idx].long()
+    return win[:, :-1], win[:, 1:]
+
+
+def params_of(model: nn.Module) -> ParamDict:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def load_params(model: nn.Module, params: ParamDict) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+
+
+def run_task(
+    model: nn.Module,
+    base_params: ParamDict,
+    tokens: torch.Tensor,
+    hp: TaskHParams,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> TaskResult:
+    """Train `model` from `base_params` for hp.steps AdamW steps on windows of `tokens` drawn with
+    `seed`; return the pseudo-gradient base - local and measured stats."""
+    t0 = time.perf_counter()
+    model.to(device)
+    load_params(model, base_params)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=hp.lr,
+        betas=(hp.beta1, hp.beta2),
+        foreach=True,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    tokens = tokens.to(device) if tokens.device != torch.device(device) else tokens
+    losses = []
+    use_bf16 = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+    for step in range(hp.steps):
+        for group in opt.param_groups:
+            group["lr"] = hp.lr_at_step(step)
+        x, y = sample_batch(tokens, hp.batch_size, hp.seq_len, gen)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = _loss_of(model(x.to(device), y.to(device)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+        opt.step()
+        losses.append(loss.detach())
+    loss_t = torch.stack(losses).float().cpu() if losses else torch.zeros(1)
+    with torch.no_grad():
+        delta = {n: (base_params[n].to(device) - p.detach()).cpu() for n, p in model.named_parameters()}
+    return TaskResult(
+        delta=delta,
+        tokens=hp.steps * hp.batch_size * hp.seq_len,
+        steps=hp.steps,
+        loss_first=float(loss_t[0]),
+        loss_last=float(loss_t[-1]),
+        loss_mean=float(loss_t.mean()),
+        time_s=time.perf_counter() - t0,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, params: ParamDict, val_tokens: list[torch.Tensor], batches: int, batch_size: int,
+    seq_len: int, seed: int = 1234, device: str | torch.device = "cpu",
+) -> float:
+    """Mean loss over a fixed set of held-out windows (same windows for every call with this seed)."""
+    load_params(model, params)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for b in range(batches):
+        shard = val_tokens[b % len(val_tokens)]
+        x, y = sample_batch(shard, batch_size, seq_len, gen)
+        total += float(_loss_of(model(x.to(device), y.to(device))))
+    model.train()
+    return total / batches
+
+
+def flatten(params: ParamDict, order: ParamDict | None = None) -> torch.Tensor:
+    """Concatenate tensors into one fp32 vector, in the key order of `order` (default: params)."""
+    keys = list(order if order is not None else params)
+    return torch.cat([params[k].reshape(-1).float() for k in keys])
+
+
+def unflatten(flat: torch.Tensor, like: ParamDict) -> ParamDict:
+    out, i = {}, 0
+    for name, t in like.items():
+        n = t.numel()
+        out[name] = flat[i : i + n].view_as(t).to(t.dtype)
+        i += n
+    if i != flat.numel():
+        raise ValueError(f"flat vector has {flat.numel()} elements, parameters need {i}")
+    return out
