@@ -54,11 +54,18 @@ class ConsensusConfig:
     min_updates: int = 1  # a grace-window aggregation needs at least this many
     max_staleness: int = 8  # versions; staler updates are rejected and their shard requeued
     staleness_power: float = 0.5  # weight (1 + tau) ** -power
+    stale_mode: str = "damp"  # damp | endpoint (re-base stale updates on the current model)
     token_weighting: bool = True
     aggregator: str = "mean"
     lease_s: float = 600.0  # a lease not answered in this long expires and its shard is requeued
     max_leases_per_node: int = 1
     warm_start: float = 0.0  # share of the token budget trained first by one node in one task
+    # Verification by recomputation (docs/SECURITY.md): share of accepted tasks re-executed by a verifier,
+    # failed audits that ban a node, and the comparison tolerance (relative L2 error, cosine).
+    verify_rate: float = 0.0
+    ban_after_failures: int = 1
+    verify_rel_error: float = 0.05
+    verify_min_cosine: float = 0.99
 
 
 @dataclass
@@ -81,6 +88,16 @@ class SimConfig:
     eval_batch_size: int = 32
     codec: str = "fp32"
     threads: int = 0  # torch threads (0: torch default)
+    # Attacks (sim/adversary.py): an attack spec from trainnet.sim.attacks ("" = none), the share of
+    # workers that run it, and the data layout: iid = false gives every node its own contiguous block
+    # of shards (non-IID; coordinator shard_groups = workers).
+    attack: str = ""
+    malicious: float = 0.0
+    iid: bool = True
+    attack_window: int = 0  # honest updates the omniscient attacker sees (0: the quorum)
+    verifier_speed: float = 1.0  # the verifier's speed (a speed-1 worker takes steps * step_s)
+    asr_prompts: int = 64  # held-out prompts for the backdoor attack success rate
+    init: str = ""  # optional safetensors file of initial parameters (a pre-trained model to fine-tune)
 
 
 @dataclass

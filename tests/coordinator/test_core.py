@@ -63,7 +63,7 @@ def test_quorum_merges_weighted_mean_and_bumps_version(small_corpus):
 def test_staleness_weights_and_rejection(small_corpus):
     coord = make(small_corpus, max_staleness=1, staleness_power=1.0)
     old = coord.lease(LeaseRequest("c"), 0.0)  # base version 0
-    for v in range(2):  # advance the model by two versions with a and b
+    for _ in range(2):  # advance the model by two versions with a and b
         ta, tb = coord.lease(LeaseRequest("a"), 0.0), coord.lease(LeaseRequest("b"), 0.0)
         submit(coord, ta, 0.0, 1.0)
         submit(coord, tb, 0.0, 1.0)
@@ -84,8 +84,8 @@ def test_staleness_downweights(small_corpus):
     fresh = coord.lease(LeaseRequest("a"), 2.0)
     submit(coord, stale, 3.0, 3.0)  # tau=1 -> weight 1/2
     submit(coord, fresh, 0.0, 3.0)  # tau=0 -> weight 1
-    # weighted mean = (0.5*3 + 1*0) / 1.5 = 1
-    assert torch.allclose(coord.params()["b"], torch.full((2,), -1.0))
+    # weighted mean = (0.5*3 + 1*0) / 1.5 = 1, damped by mean freshness (0.5 + 1) / 2 = 0.75
+    assert torch.allclose(coord.params()["b"], torch.full((2,), -0.75))
 
 
 def test_expired_lease_requeues_shard_and_refuses_late_answer(small_corpus):
@@ -195,3 +195,22 @@ def test_nesterov_outer_step_matches_torch_sgd():
         sgd.step()
         flat = ours.step(flat, g)
     assert torch.allclose(flat, p.detach())
+
+
+def test_endpoint_mode_rebases_stale_updates(small_corpus):
+    coord = make(small_corpus, max_staleness=4, staleness_power=0.0, stale_mode="endpoint")
+    stale = coord.lease(LeaseRequest("c"), 0.0)  # from version 0, params 0
+    ta, tb = coord.lease(LeaseRequest("a"), 0.0), coord.lease(LeaseRequest("b"), 0.0)
+    submit(coord, ta, 1.0, 1.0)
+    submit(coord, tb, 1.0, 1.0)  # version 1, params -1 (outer lr 1, no momentum)
+    fresh = coord.lease(LeaseRequest("a"), 2.0)
+    # c's local endpoint is 0 - 3 = -3; from today's -1 that is a pseudo-gradient of 2, not 3
+    submit(coord, stale, 3.0, 3.0)
+    submit(coord, fresh, 0.0, 3.0)
+    assert torch.allclose(coord.params()["w"], torch.full((3, 2), -1.0 - (2.0 + 0.0) / 2))
+    assert set(coord.history) == {0, 1, 2}
+
+
+def test_unknown_stale_mode_is_refused(small_corpus):
+    with pytest.raises(ValueError, match="stale_mode"):
+        make(small_corpus, stale_mode="magic")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from trainnet.cli import main
 from trainnet.sim.simulator import simulate
 from trainnet.sim.sync import run_sync
-
-import pytest
 
 
 @pytest.fixture

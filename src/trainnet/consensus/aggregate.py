@@ -14,11 +14,13 @@ from collections.abc import Callable
 
 import torch
 
-Aggregator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# rule(updates [n, d], weights [n], *, center=previous aggregate or None, seed=int) -> [d]
+Aggregator = Callable[..., torch.Tensor]
 
 
-def mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean; weights are non-negative and sum to 1. Cost O(n*d). Tolerates no attacker."""
+def mean(updates: torch.Tensor, weights: torch.Tensor, **_: object) -> torch.Tensor:
+    """Weighted mean; weights are non-negative and sum to 1. Cost O(n*d). Tolerates no attacker.
+    (Keyword context such as `center=` or `seed=`, used by robust rules, is ignored.)"""
     return weights.to(updates.dtype) @ updates
 
 
@@ -26,14 +28,7 @@ def get_aggregator(spec: str) -> Aggregator:
     """Resolve a rule by spec (`name` or `name:params`). Robust rules are imported on first use."""
     if spec == "mean":
         return mean
-    try:
-        robust = importlib.import_module("trainnet.consensus.robust")
-    except ModuleNotFoundError:
-        robust = None
-    if robust is not None:
-        if hasattr(robust, "parse_aggregator"):
-            return robust.parse_aggregator(spec)
-        table = getattr(robust, "ROBUST_AGGREGATORS", {})
-        if spec in table:
-            return table[spec]
-    raise ValueError(f"unknown aggregator {spec!r}")
+    robust = importlib.import_module("trainnet.consensus.robust")
+    if spec == "robust":
+        spec = robust.DEFAULT_ROBUST_SPEC
+    return robust.parse_rule(spec)

@@ -85,6 +85,11 @@ class CoordinatorConfig:
     min_updates: int = 1
     max_staleness: int = 8
     staleness_power: float = 0.5
+    # "damp": merge a stale pseudo-gradient as sent, damped by its staleness weight.
+    # "endpoint": re-base it on the current model first: the worker's local endpoint is
+    # theta_base - delta, so its pseudo-gradient from today's model is delta - (theta_base - theta_now).
+    # Progress the model already made is then not applied twice (needs the last max_staleness versions).
+    stale_mode: str = "damp"
     token_weighting: bool = True
     aggregator: str = "mean"
     lease_s: float = 600.0
@@ -93,6 +98,14 @@ class CoordinatorConfig:
     # is (outer lr 1, no momentum). It replaces a pre-trained checkpoint, costs one upload in bytes,
     # and its tokens count in the budget like any other. 0 disables it.
     warm_start_tokens: int = 0
+    # Verification by recomputation: this share of accepted tasks is audited (chosen by a keyed hash
+    # the workers cannot predict); `ban_after_failures` failed audits ban a node.
+    verify_rate: float = 0.0
+    ban_after_failures: int = 1
+    audit_key: str = "change-me"  # secret in deployments: it decides which tasks are audited
+    # Non-IID data: > 0 splits the training shards into this many contiguous groups and node k (in
+    # registration order) draws its fresh tasks from group k mod shard_groups. 0: one shared queue.
+    shard_groups: int = 0
 
 
 @dataclass
@@ -109,7 +122,20 @@ class NodeRecord:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     banned: bool = False
     ban_reason: str = ""
+    audits_passed: int = 0
+    audits_failed: int = 0
+    evidence: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Audit:
+    """A task picked for recomputation, with the update exactly as the coordinator received it."""
+
+    spec: TaskSpec
+    claimed: dict[str, torch.Tensor]
+    accepted_at: float
+    merged_into: int | None = None  # the version that merged it, once merged
 
 
 @dataclass
@@ -135,6 +161,11 @@ class Coordinator:
         self.template = {k: v.detach().clone().float() for k, v in init_params.items()}
         self.params_flat = flatten(self.template)
         self.outer = OuterOptimizer(cfg.outer_lr, cfg.outer_momentum, cfg.nesterov)
+        self.last_merged: torch.Tensor | None = None  # the previous merged pseudo-gradient (centered clipping)
+        if cfg.stale_mode not in ("damp", "endpoint"):
+            raise ValueError(f"stale_mode must be 'damp' or 'endpoint' (got {cfg.stale_mode!r})")
+        self.history: dict[int, torch.Tensor] = {}  # version -> params, for stale_mode="endpoint"
+        self._remember_version(0)
         self.aggregate_fn = get_aggregator(cfg.aggregator)
         self.version = 0
         self.nodes: dict[str, NodeRecord] = {}
@@ -145,6 +176,7 @@ class Coordinator:
             raise ValueError("manifest has no training shards")
         self.requeue: deque[tuple[int, int]] = deque()  # (shard_id, seed) of tasks to hand out again
         self.next_task = 0  # counter over fresh (shard, seed) pairs
+        self.group_next: dict[int, int] = {}  # per shard group, with cfg.shard_groups (non-IID)
         self.task_counter = 0  # counter over task ids (requeued tasks get new ids)
         self.tokens_accepted = 0
         self.tokens_outstanding = 0
@@ -154,6 +186,9 @@ class Coordinator:
         self.outer_steps = 0
         self.leases_expired = 0
         self.reject_reasons: dict[str, int] = {}
+        self.audits: dict[str, Audit] = {}
+        self.audits_passed = 0
+        self.audits_failed = 0
         self.done = False
         self._events: list[Event] = []
 
@@ -168,6 +203,10 @@ class Coordinator:
 
     def progress(self) -> float:
         return (self.tokens_accepted + self.tokens_outstanding) / max(self.cfg.tokens_target, 1)
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
 
     def drain_events(self) -> list[Event]:
         out, self._events = self._events, []
@@ -188,6 +227,10 @@ class Coordinator:
             "buffered": len(self.buffer),
             "nodes": len(self.nodes),
             "reject_reasons": dict(self.reject_reasons),
+            "audits_passed": self.audits_passed,
+            "audits_failed": self.audits_failed,
+            "audits_pending": len(self.audits),
+            "nodes_banned": {n.node_id: n.ban_reason for n in self.nodes.values() if n.banned},
             "done": self.done,
         }
 
@@ -235,7 +278,7 @@ class Coordinator:
         warm = c.warm_start_tokens > 0 and self.version == 0
         if warm and (self.leases or self.buffer):
             return NoTask("warming_up")  # one node trains the warm start; the rest wait for version 1
-        shard_id, seed = self._next_shard()
+        shard_id, seed = self._next_shard(msg.node_id)
         progress = self.progress()
         steps = h_at(progress, c.h, c.h_start, c.h_ramp)
         if warm:
@@ -271,7 +314,7 @@ class Coordinator:
             hparams=hparams,
             tokens=tokens,
             issued_at=now,
-            deadline=now + c.lease_s * max(1.0, steps / c.h),  # lease_s is for an H-step task
+            deadline=now + self._lease_span(steps),
         )
         self.leases[task_id] = Lease(spec, spec.deadline)
         self.tokens_outstanding += tokens
@@ -288,8 +331,26 @@ class Coordinator:
             return HeartbeatReply(False, REJECT_UNKNOWN_TASK)
         if lease.spec.node_id != msg.node_id:
             return HeartbeatReply(False, REJECT_WRONG_NODE)
-        lease.deadline = now + self.cfg.lease_s
+        lease.deadline = now + self._lease_span(lease.spec.hparams["steps"])
         return HeartbeatReply(True, deadline=lease.deadline)
+
+    def abandon(self, node_id: str, task_id: str, now: float) -> str:
+        """A worker gives its lease back (e.g. on Ctrl-C): the shard goes to the front of the queue at
+        once. Not counted as an expiry. Returns "" or a reject code."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return REJECT_UNKNOWN_NODE
+        node.last_seen = now
+        lease = self.leases.get(task_id)
+        if lease is None:
+            return REJECT_UNKNOWN_TASK
+        if lease.spec.node_id != node_id:
+            return REJECT_WRONG_NODE
+        del self.leases[task_id]
+        self.tokens_outstanding -= lease.spec.tokens
+        self.requeue.appendleft((lease.spec.shard_id, lease.spec.seed))
+        self._emit(now, "lease_abandoned", node_id=node_id, task_id=task_id, shard_id=lease.spec.shard_id)
+        return ""
 
     def submit(self, msg: UpdateSubmission, now: float) -> SubmitReply:
         node = self.nodes.get(msg.node_id)
@@ -320,14 +381,18 @@ class Coordinator:
         if tau > self.cfg.max_staleness:
             self.requeue.append((spec.shard_id, spec.seed))
             return self._reject(node, REJECT_STALE, now, msg, staleness=tau)
-        self.buffer.append(
-            Buffered(msg.node_id, msg.task_id, flatten(msg.delta, self.template), spec.tokens, tau, now)
-        )
+        flat = flatten(msg.delta, self.template)
+        if tau > 0 and self.cfg.stale_mode == "endpoint":
+            flat = flat - (self.history[spec.base_version] - self.params_flat)
+        self.buffer.append(Buffered(msg.node_id, msg.task_id, flat, spec.tokens, tau, now))
         self.tokens_accepted += spec.tokens
         self.updates_accepted += 1
         node.updates_accepted += 1
         node.tokens_accepted += spec.tokens
         self._emit(now, "update_accepted", node_id=msg.node_id, task_id=msg.task_id, staleness=tau)
+        if self._audit_selected(spec.task_id):
+            self.audits[spec.task_id] = Audit(spec, msg.delta, now)
+            self._emit(now, "audit_requested", node_id=msg.node_id, task_id=spec.task_id)
         aggregated = False
         if self.cfg.warm_start_tokens > 0 and self.version == 0:
             self._apply_warm_start(now)
@@ -369,6 +434,7 @@ class Coordinator:
         for b in dropped:
             self.tokens_accepted -= b.tokens
             self.updates_accepted -= 1
+            self.audits.pop(b.task_id, None)
         for task_id in [t for t, lease in self.leases.items() if lease.spec.node_id == node_id]:
             lease = self.leases.pop(task_id)
             self.tokens_outstanding -= lease.spec.tokens
@@ -376,15 +442,62 @@ class Coordinator:
         self._emit(now, "node_banned", node_id=node_id, reason=reason, dropped=len(dropped))
         return len(dropped)
 
+    def pending_audits(self) -> list[Audit]:
+        """Tasks waiting for a verifier to recompute them (oldest first)."""
+        return sorted(self.audits.values(), key=lambda a: a.accepted_at)
+
+    def report_audit(self, task_id: str, passed: bool, detail: dict[str, Any], now: float) -> bool:
+        """Record a verifier's verdict on an audited task. A failure is evidence against the node; enough
+        evidence bans it (dropping its pending updates). Returns True if the node was banned now."""
+        audit = self.audits.pop(task_id, None)
+        if audit is None:
+            raise KeyError(f"no pending audit for task {task_id}")
+        node = self.nodes[audit.spec.node_id]
+        if passed:
+            node.audits_passed += 1
+            self.audits_passed += 1
+            self._emit(now, "audit_passed", node_id=node.node_id, task_id=task_id)
+            return False
+        node.audits_failed += 1
+        self.audits_failed += 1
+        node.evidence.append({"task_id": task_id, "time": now, **detail})
+        self._emit(now, "audit_failed", node_id=node.node_id, task_id=task_id, **detail)
+        if not node.banned and node.audits_failed >= self.cfg.ban_after_failures:
+            self.ban(node.node_id, f"failed {node.audits_failed} audit(s)", now)
+            return True
+        return False
+
     # ------------------------------------------------------------------ internals
-    def _next_shard(self) -> tuple[int, int]:
+    def _lease_span(self, steps: int) -> float:
+        return self.cfg.lease_s * max(1.0, steps / self.cfg.h)  # lease_s is for an H-step task
+
+    def _audit_selected(self, task_id: str) -> bool:
+        if self.cfg.verify_rate <= 0:
+            return False
+        digest = hashlib.sha256(f"{self.cfg.audit_key}:{self.cfg.seed}:{task_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") / 2**64 < self.cfg.verify_rate
+
+    def _next_shard(self, node_id: str | None = None) -> tuple[int, int]:
         if self.requeue:
             return self.requeue.popleft()
+        if self.cfg.shard_groups > 0 and node_id is not None:
+            return self._next_group_shard(node_id)
         i = self.next_task
         self.next_task += 1
         shard = self.train_shards[i % len(self.train_shards)]
         digest = hashlib.sha256(f"{self.cfg.run_id}:{self.cfg.seed}:{i}".encode()).digest()
         return shard, int.from_bytes(digest[:4], "little")
+
+    def _next_group_shard(self, node_id: str) -> tuple[int, int]:
+        """Non-IID assignment: the node's own contiguous block of training shards, in order."""
+        g = list(self.nodes).index(node_id) % self.cfg.shard_groups
+        n, k = len(self.train_shards), self.cfg.shard_groups
+        lo = g * n // k
+        group = self.train_shards[lo:max((g + 1) * n // k, lo + 1)]
+        i = self.group_next.get(g, 0)
+        self.group_next[g] = i + 1
+        digest = hashlib.sha256(f"{self.cfg.run_id}:{self.cfg.seed}:g{g}:{i}".encode()).digest()
+        return group[i % len(group)], int.from_bytes(digest[:4], "little")
 
     def _check_delta(self, delta: dict[str, torch.Tensor]) -> str:
         if set(delta) != set(self.template):
@@ -410,24 +523,41 @@ class Coordinator:
     def _aggregate(self, now: float) -> None:
         c = self.cfg
         updates = torch.stack([b.delta for b in self.buffer])
-        w = torch.tensor(
-            [(b.tokens if c.token_weighting else 1.0) * staleness_weight(b.staleness, c.staleness_power)
-             for b in self.buffer],
-            dtype=torch.float64,
-        )
-        w = (w / w.sum()).float()
-        merged = self.aggregate_fn(updates, w)
+        tokens = torch.tensor([float(b.tokens) if c.token_weighting else 1.0 for b in self.buffer],
+                              dtype=torch.float64)
+        fresh = torch.tensor([staleness_weight(b.staleness, c.staleness_power) for b in self.buffer],
+                             dtype=torch.float64)
+        w = tokens * fresh
+        # The rule sees relative weights (sum 1); the step is then damped by the buffer's token-weighted
+        # freshness, so a buffer of stale updates (whose progress the model partly has already)
+        # moves the model less than a fresh one (FedBuff-style staleness scaling).
+        damping = float(w.sum() / tokens.sum())
+        merged = self.aggregate_fn(updates, (w / w.sum()).float(), center=self.last_merged, seed=self.version)
+        merged = merged * damping
+        self.last_merged = merged
         self.params_flat = self.outer.step(self.params_flat, merged)
+        self._remember_version(self.version + 1)
         n = len(self.buffer)
         self.updates_merged += n
+        for b in self.buffer:
+            if b.task_id in self.audits:
+                self.audits[b.task_id].merged_into = self.version + 1
         self.buffer = []
         self.version += 1
         self.outer_steps += 1
         self._emit(now, "aggregated", version=self.version, updates=n)
 
+    def _remember_version(self, version: int) -> None:
+        if self.cfg.stale_mode != "endpoint":
+            return
+        self.history[version] = self.params_flat
+        for old in [v for v in self.history if v < version - self.cfg.max_staleness]:
+            del self.history[old]
+
     def _apply_warm_start(self, now: float) -> None:
         (b,) = self.buffer
         self.params_flat = self.params_flat - b.delta
+        self._remember_version(self.version + 1)
         self.updates_merged += 1
         self.buffer = []
         self.version += 1

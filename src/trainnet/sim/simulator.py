@@ -29,8 +29,10 @@ from trainnet.coordinator.core import Coordinator, CoordinatorConfig
 from trainnet.data.corpus import Corpus, load_corpus
 from trainnet.model.gpt import GPT
 from trainnet.protocol.messages import LeaseRequest, NoTask, Register, TaskSpec, UpdateSubmission
-from trainnet.sim.upload import decode_upload, encode_upload
-from trainnet.train.local import TaskHParams, evaluate, params_of, run_task
+from trainnet.protocol.wire import decode_update
+from trainnet.sim.security import Security
+from trainnet.sim.upload import Uploader, decode_upload
+from trainnet.train.local import TaskHParams, evaluate, flatten, params_of, run_task
 
 
 @dataclass
@@ -40,6 +42,8 @@ class VirtualWorker:
     speed: float
     join_at: float
     leave_at: float
+    uploader: Any = None  # Uploader, or CommittingUploader when verification is on
+    malicious: bool = False
     registered: bool = False
     tasks_done: int = 0
     tasks_lost: int = 0
@@ -55,9 +59,11 @@ def coordinator_config(cfg: RunConfig) -> CoordinatorConfig:
         min_lr_ratio=i.min_lr_ratio, weight_decay=i.weight_decay, beta1=i.beta1, beta2=i.beta2,
         grad_clip=i.grad_clip, outer_lr=c.outer_lr, outer_momentum=c.outer_momentum, nesterov=c.nesterov,
         quorum=c.quorum, grace_s=c.grace_s, min_updates=c.min_updates, max_staleness=c.max_staleness,
-        staleness_power=c.staleness_power, token_weighting=c.token_weighting, aggregator=c.aggregator,
+        staleness_power=c.staleness_power, stale_mode=c.stale_mode, token_weighting=c.token_weighting, aggregator=c.aggregator,
         lease_s=c.lease_s, max_leases_per_node=c.max_leases_per_node,
         warm_start_tokens=round(c.warm_start * s.tokens),
+        verify_rate=c.verify_rate, ban_after_failures=c.ban_after_failures,
+        shard_groups=0 if s.iid else s.workers,
     )
 
 
@@ -93,6 +99,11 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     corpus = corpus or load_corpus(cfg.data.path, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes,
                                    min_shard_bytes=cfg.model.block_size + 2)
     model = GPT(cfg.model)
+    if s.init:  # a local file named by the user (safetensors: no pickle)
+        from safetensors.torch import load_file
+
+        from trainnet.train.local import load_params
+        load_params(model, load_file(s.init))
     init = params_of(model)
     coord = Coordinator(coordinator_config(cfg), corpus.manifest, init)
     n_params = coord.num_params
@@ -101,6 +112,10 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     steps_total = s.tokens / (cfg.inner.batch_size * cfg.model.block_size)
     horizon = steps_total / s.workers * s.step_s / max(1e-9, 1 - s.dropout)
     workers = make_workers(cfg, horizon)
+    sec = Security(cfg, model, corpus, coord) if Security.wanted(cfg) else None
+    for w in workers:
+        w.uploader = sec.uploader() if sec else Uploader(s.codec)
+        w.malicious = bool(sec and sec.is_malicious(w.idx))
     rng = random.Random(s.seed * 104729 + 3)
     heap: list[tuple[float, int, str, int, Any]] = []
     seq = 0
@@ -164,8 +179,16 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
         elif kind == "done":
             w = workers[wi]
             spec, base = payload
-            data = _train_and_encode(model, corpus, spec, base, cfg, w)
-            stats["steps_computed"] += spec.hparams["steps"]
+            if sec and coord.nodes[w.node_id].banned:
+                continue  # a banned node's work is refused anyway; it gets no new task
+            if w.malicious:
+                data, steps = sec.malicious_upload(model, spec, base, w)
+                stats["steps_computed"] += steps
+            else:
+                data = _train_and_encode(model, corpus, spec, base, cfg, w)
+                stats["steps_computed"] += spec.hparams["steps"]
+            if sec:
+                sec.remember(spec.task_id, base, w.uploader)
             stats["bytes_up"] += len(data)
             stats["uploads"] += 1
             w.bytes_up += len(data)
@@ -174,7 +197,11 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
         elif kind == "arrive":
             w = workers[wi]
             spec, data = payload
-            delta = decode_upload(data)
+            if sec:
+                decoded = decode_update(data)
+                delta, extra = decoded.tensors, decoded.header.extra
+            else:
+                delta = decode_upload(data)
             reply = coord.submit(
                 UpdateSubmission(w.node_id, spec.task_id, spec.base_version, delta, spec.tokens,
                                  spec.hparams["steps"], wire_bytes=len(data)),
@@ -184,7 +211,15 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
                 w.tasks_done += 1
             else:
                 stats["steps_wasted"] += spec.hparams["steps"]
+            if sec:
+                if reply.accepted and not w.malicious:
+                    sec.observe_honest(flatten(delta, coord.template))
+                delay = sec.after_submit(w, spec, extra, now)
+                if delay is not None:
+                    push(now + delay, "verify", wi, spec.task_id)
             push(now, "free", wi)
+        elif kind == "verify":
+            sec.verify(payload, now)
         if coord.outer_steps != last_eval_step and (
             coord.outer_steps % s.eval_every == 0 or coord.done
         ):
@@ -223,7 +258,7 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
         ],
         "manifest_root": corpus.manifest.root_hash,
         "config": cfg.to_dict(),
-    }
+    } | (sec.report(workers, stats["steps_computed"] + stats["steps_wasted"]) if sec else {})
 
 
 def _train_and_encode(model: GPT, corpus: Corpus, spec: TaskSpec, base: dict, cfg: RunConfig,
@@ -232,4 +267,4 @@ def _train_and_encode(model: GPT, corpus: Corpus, spec: TaskSpec, base: dict, cf
     hp = TaskHParams(**spec.hparams)
     result = run_task(model, base, shard.tokens, hp, seed=spec.seed)
     w.steps_done += hp.steps
-    return encode_upload(result.delta, cfg.sim.codec, spec)
+    return w.uploader.encode(result.delta, spec, w.node_id)

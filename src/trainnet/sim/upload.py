@@ -1,4 +1,8 @@
-"""What a simulated worker uploads: the update encoded exactly as a real worker would send it.
+"""What a simulated worker uploads: the update encoded exactly as a real worker sends it.
+
+    up = Uploader("topk:0.015+q2")        # one per worker: error feedback lives on the worker
+    data = up.encode(delta, spec, node_id)  # bytes in the update wire format
+    delta_seen = decode_upload(data)        # what the coordinator decodes (validated, never unpickled)
 
 Bytes are counted from the encoded buffer itself, never computed from a formula.
 """
@@ -6,18 +10,22 @@ Bytes are counted from the encoded buffer itself, never computed from a formula.
 from __future__ import annotations
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from trainnet.codec import ErrorFeedback
 from trainnet.protocol.messages import TaskSpec
+from trainnet.protocol.wire import decode_update, encode_update
 
 
-def encode_upload(delta: dict[str, torch.Tensor], codec: str, spec: TaskSpec) -> bytes:
-    if codec != "fp32":
-        raise ValueError(f"codec {codec!r} is not available yet; only fp32")
-    return st_save({k: v.contiguous().float() for k, v in delta.items()},
-                   metadata={"task_id": spec.task_id, "base_version": str(spec.base_version)})
+class Uploader:
+    def __init__(self, codec: str) -> None:
+        self.feedback = ErrorFeedback(codec)
+
+    def encode(self, delta: dict[str, torch.Tensor], spec: TaskSpec, node_id: str) -> bytes:
+        encoded, _ = self.feedback.compress(delta)
+        return encode_update(encoded, self.feedback.codec, run_id=spec.run_id, node_id=node_id,
+                             task_id=spec.task_id, base_version=spec.base_version,
+                             extra={"tokens": spec.tokens, "steps": spec.hparams["steps"]})
 
 
 def decode_upload(data: bytes) -> dict[str, torch.Tensor]:
-    return st_load(data)
+    return decode_update(data).tensors

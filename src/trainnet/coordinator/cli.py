@@ -1,0 +1,53 @@
+"""`trainnet coordinator`: serve a run over HTTP with durable state.
+
+    trainnet coordinator --run run.toml --state ./state --host 127.0.0.1 --port 8470 \\
+        [--join-token T] [--allow-keys keys.txt] [--set consensus.quorum=2] [--max-update-mb 64]
+
+run.toml is a RunConfig TOML (same format as bench/standard.toml); the run's token budget is
+`sim.tokens`, the upload codec `sim.codec`. Restarting with the same --state continues the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trainnet.config import ConfigError, load_config
+from trainnet.coordinator.limits import ServerLimits
+
+
+@click.command("coordinator")
+@click.option("--run", "run_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="RunConfig TOML (model, data, consensus; sim.tokens = budget, sim.codec = upload codec).")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True,
+              help="State directory (SQLite + checkpoints + update files); reused on restart.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8470, show_default=True, type=int)
+@click.option("--join-token", default=None, envvar="TRAINNET_JOIN_TOKEN", help="Required at /v1/register.")
+@click.option("--allow-keys", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File of allowed public keys (hex) or node ids, one per line.")
+@click.option("--set", "overrides", multiple=True, help="Config override section.field=value (repeatable).")
+@click.option("--max-update-mb", default=64.0, show_default=True, type=float)
+@click.option("--rate", default=20.0, show_default=True, type=float, help="Requests/s per node (0: off).")
+@click.option("--burst", default=40.0, show_default=True, type=float)
+@click.option("--keep-versions", default=16, show_default=True, type=int)
+@click.option("--log-level", default="info", show_default=True)
+def coordinator_cmd(run_path: str, state_dir: str, host: str, port: int, join_token: str | None,
+                    allow_keys: str | None, overrides: tuple[str, ...], max_update_mb: float, rate: float,
+                    burst: float, keep_versions: int, log_level: str) -> None:
+    """Run the coordinator's HTTP server (protocol 1.0)."""
+    from trainnet.coordinator.server import read_allow_keys, serve
+    from trainnet.coordinator.service import StoreMismatch
+
+    try:
+        cfg = load_config(run_path, list(overrides))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    limits = ServerLimits(max_update_bytes=int(max_update_mb * (1 << 20)), rate_per_s=rate, burst=burst,
+                          keep_versions=keep_versions)
+    keys = read_allow_keys(Path(allow_keys)) if allow_keys else None
+    try:
+        serve(cfg, Path(state_dir), host, port, limits, join_token, keys, log_level)
+    except StoreMismatch as exc:
+        raise click.ClickException(str(exc)) from None

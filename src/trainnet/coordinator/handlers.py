@@ -1,0 +1,278 @@
+"""The HTTP API's operations as plain functions over a CoordinatorService (no web framework here).
+
+    api = Api(service, join_token="secret", allow_keys={"<hex pubkey or node id>", ...})
+    api.register(headers, body, now) -> dict      # raises ApiError(status, code, detail) on refusal
+    api.lease(headers, body, now); api.submit(headers, body, now); api.model("latest", None)
+
+app.py maps these to routes; every refusal is an ApiError whose status follows docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+
+from trainnet.coordinator.core import REJECT_BANNED, REJECT_UNKNOWN_NODE
+from trainnet.coordinator.limits import ApiError, RateLimiter, check_info, parse_json_object
+from trainnet.coordinator.service import CoordinatorService
+from trainnet.coordinator.state import abandon_lease
+from trainnet.protocol.auth import (
+    HDR_NODE,
+    HDR_UPDATE_SIG,
+    load_public_key,
+    node_id_of,
+    verify_request,
+    verify_update,
+)
+from trainnet.protocol.messages import Heartbeat, LeaseRequest, NoTask, Register, UpdateSubmission
+from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
+
+PROTOCOL = "1.0"
+# Core reject reasons -> HTTP status (docs/PROTOCOL.md, "HTTP API").
+REASON_STATUS = {
+    "unknown_node": 404, "banned": 403, "unknown_task": 409, "task_not_held": 409,
+    "base_version_mismatch": 409, "too_stale": 409, "run_done": 409, "replay": 409,
+    "bad_shape": 422, "non_finite": 422, "token_count_mismatch": 422, "key_mismatch": 403,
+}
+
+
+def _hget(headers: Mapping[str, str], name: str) -> str | None:
+    return headers.get(name) or headers.get(name.lower())
+
+
+class Api:
+    def __init__(self, svc: CoordinatorService, join_token: str | None = None,
+                 allow_keys: set[str] | None = None) -> None:
+        self.svc = svc
+        self.join_token = join_token
+        self.allow_keys = allow_keys
+        lim = svc.limits
+        self.rate = RateLimiter(lim.rate_per_s, lim.burst)
+
+    # ------------------------------------------------------------------ helpers
+    def limit(self, key: str, now: float) -> None:
+        wait = self.rate.take(key, now)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", "too many requests", headers={"Retry-After": str(math.ceil(wait))})
+
+    def _authenticate(self, headers: Mapping[str, str], path: str, body: bytes, now: float) -> tuple[str, str]:
+        """Check the request signature of a registered node; returns (node_id, public_key_hex)."""
+        node_id = _hget(headers, HDR_NODE)
+        if not node_id or len(node_id) > 64:
+            raise ApiError(401, "bad_signature", f"missing {HDR_NODE} header")
+        with self.svc.lock:
+            node = self.svc.coord.nodes.get(node_id)
+            pub = node.public_key if node else None
+        if pub is None:
+            raise ApiError(404, REJECT_UNKNOWN_NODE, "register first")
+        err = verify_request(pub, headers, "POST", path, body, now, self.svc.limits.max_skew_s)
+        if err:
+            raise ApiError(401, err, "request signature check failed")
+        self.limit("node:" + node_id, now)
+        return node_id, pub
+
+    # ------------------------------------------------------------------ endpoints
+    def info(self) -> dict[str, Any]:
+        svc, lim = self.svc, self.svc.limits
+        man = svc.corpus.manifest
+        return {
+            "protocol": PROTOCOL, "run_id": svc.ccfg.run_id, "model": dataclasses.asdict(svc.cfg.model),
+            "manifest_root": man.root_hash, "codec": svc.codec,
+            "limits": {"max_update_bytes": lim.max_update_bytes, "max_json_bytes": lim.max_json_bytes,
+                       "rate_per_s": lim.rate_per_s, "burst": lim.burst, "max_skew_s": lim.max_skew_s,
+                       "max_leases_per_node": svc.ccfg.max_leases_per_node, "lease_s": svc.ccfg.lease_s,
+                       "keep_versions": lim.keep_versions},
+            "data": {"source": man.source, "shards": len(man.shards), "train_shards": len(man.ids("train"))},
+        }
+
+    def register(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
+        lim = self.svc.limits
+        d = parse_json_object(body, {"public_key": str}, {"join_token": str, "info": dict}, lim.max_string)
+        pub = d["public_key"]
+        if load_public_key(pub) is None or len(pub) != 64:
+            raise ApiError(400, "bad_request", "public_key must be 64 hex digits (raw ed25519 key)")
+        node_id = node_id_of(bytes.fromhex(pub))
+        claimed = _hget(headers, HDR_NODE)
+        if claimed is not None and claimed != node_id:
+            raise ApiError(401, "key_mismatch", "node id header does not match the public key")
+        err = verify_request(pub, headers, "POST", "/v1/register", body, now, lim.max_skew_s)
+        if err:
+            raise ApiError(401, err, "request signature check failed")
+        self.limit("node:" + node_id, now)
+        if self.join_token and not hmac.compare_digest((d.get("join_token") or "").encode(),
+                                                       self.join_token.encode()):
+            raise ApiError(403, "bad_join_token", "join token missing or wrong")
+        if self.allow_keys is not None and pub.lower() not in self.allow_keys and node_id not in self.allow_keys:
+            raise ApiError(403, "not_allowed", "this key is not on the allow-list")
+        info = check_info(d.get("info"), lim)
+        reply = self.svc.locked_step(lambda: self.svc.coord.register(Register(node_id, pub, info), now), now)
+        if not reply.ok:
+            raise ApiError(REASON_STATUS.get(reply.reason, 403), reply.reason, "registration refused")
+        return {"node_id": node_id, "run_id": reply.run_id}
+
+    def lease(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
+        node_id, _ = self._authenticate(headers, "/v1/lease", body, now)
+        parse_json_object(body, {})
+        svc = self.svc
+        with svc.lock:  # fast path: a refusal only touches last_seen, which need not be durable
+            node = svc.coord.nodes[node_id]
+            if node.banned:
+                return {"task": None, "reason": REJECT_BANNED, "retry_after_s": None}
+        r = svc.locked_step(lambda: svc.coord.lease(LeaseRequest(node_id), now), now,
+                            persist=lambda res: not isinstance(res, NoTask))
+        if isinstance(r, NoTask):
+            retry = None if math.isinf(r.retry_after_s) else float(r.retry_after_s)
+            return {"task": None, "reason": r.reason, "retry_after_s": retry}
+        return {"task": r.to_dict()}
+
+    def heartbeat(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
+        node_id, _ = self._authenticate(headers, "/v1/heartbeat", body, now)
+        d = parse_json_object(body, {"task_id": str}, max_string=self.svc.limits.max_string)
+        svc = self.svc
+        if svc.coord.nodes[node_id].banned:
+            raise ApiError(403, REJECT_BANNED, "node is banned")
+        r = svc.locked_step(lambda: svc.coord.heartbeat(Heartbeat(node_id, d["task_id"]), now), now)
+        if not r.ok:
+            raise ApiError(REASON_STATUS.get(r.reason, 409), r.reason, "heartbeat refused")
+        return {"ok": True, "deadline": r.deadline}
+
+    def abandon(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
+        node_id, _ = self._authenticate(headers, "/v1/abandon", body, now)
+        d = parse_json_object(body, {"task_id": str}, max_string=self.svc.limits.max_string)
+        svc = self.svc
+        reason = svc.locked_step(lambda: abandon_lease(svc.coord, node_id, d["task_id"], now), now)
+        if reason:
+            raise ApiError(REASON_STATUS.get(reason, 409), reason, "abandon refused")
+        return {"ok": True}
+
+    def submit(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
+        svc = self.svc
+        node_id, pub = self._authenticate(headers, "/v1/update", body, now)
+        sig = _hget(headers, HDR_UPDATE_SIG)
+        if not sig:
+            raise ApiError(401, "bad_signature", f"missing {HDR_UPDATE_SIG} header")
+        try:
+            upd = decode_update(body, limits=svc.wire_limits)
+        except WireFormatError as exc:
+            raise ApiError(422, "bad_payload", str(exc)[:300]) from None
+        h = upd.header
+        digest = hashlib.sha256(body).hexdigest()
+        if not verify_update(pub, sig, h.run_id, h.node_id, h.task_id, h.base_version, digest):
+            raise ApiError(401, "bad_signature", "update signature does not match the payload")
+        if h.run_id != svc.ccfg.run_id or h.node_id != node_id:
+            raise ApiError(422, "bad_payload", "run_id or node_id in the update header is wrong")
+        if h.codec != svc.codec:
+            raise ApiError(422, "bad_payload", f"codec {h.codec!r}; this run uses {svc.codec!r}")
+        tokens, steps, loss = _extra(h.extra)
+        # The wire bytes are made durable before taking the lock (overlapping fsyncs); unique name,
+        # so a replay never touches stored evidence; deleted again if the core refuses the update.
+        path = svc.store.write_blob(svc.store.unique_update_path(h.task_id), body)
+        svc.crash_point("update_file_written")
+        msg = UpdateSubmission(node_id, h.task_id, h.base_version, upd.tensors, tokens, steps,
+                               loss if loss is not None else float("nan"), wire_bytes=len(body))
+        row = {"task_id": h.task_id, "node_id": node_id, "base_version": h.base_version, "tokens": tokens,
+               "steps": steps, "loss": loss, "arrived": now, "signature": sig, "payload_sha256": digest,
+               "nbytes": len(body), "path": path}
+        try:
+            with svc.lock:
+                if svc.store.has_update(h.task_id):
+                    reply = None
+                else:
+                    def step():
+                        r = svc.coord.submit(msg, now)
+                        row["staleness"] = r.staleness
+                        return r
+                    reply = _submit_locked(svc, step, now, row)
+        except BaseException:
+            svc.store.delete_blob(path)
+            raise
+        if reply is None:
+            svc.store.delete_blob(path)
+            raise ApiError(409, "replay", "this task's update was already accepted",
+                           extra={"accepted": False, "reason": "replay", "version": svc.coord.version,
+                                  "staleness": 0})
+        if reply.accepted:
+            svc.crash_point("update_committed")
+        out = {"accepted": reply.accepted, "reason": reply.reason, "version": reply.version,
+               "staleness": reply.staleness}
+        if not reply.accepted:
+            svc.store.delete_blob(path)
+            raise ApiError(REASON_STATUS.get(reply.reason, 409), reply.reason, "update refused", extra=out)
+        return out
+
+    def model(self, version: str, since: str | None) -> tuple[bytes, int]:
+        svc = self.svc
+        with svc.lock:
+            v = svc.coord.version if version == "latest" else _nonneg_int(version, "version")
+            path = svc.store.version_path(v)
+            base_path = svc.store.version_path(_nonneg_int(since, "since")) if since is not None else None
+        if path is None or (since is not None and base_path is None):
+            raise ApiError(404, "not_found", "model version not kept")
+        try:
+            data = svc.store.read_blob(path)
+            if base_path is None:
+                return data, v
+            new, base = st_load(data), st_load(svc.store.read_blob(base_path))
+        except FileNotFoundError:  # pruned between the lookup and the read
+            raise ApiError(404, "not_found", "model version not kept") from None
+        diff = {k: (new[k] - base[k]).to(torch.float32) for k in new}
+        enc = encode_update(diff, codec="fp16", run_id=svc.ccfg.run_id, base_version=int(since),
+                            extra={"version": v})
+        return enc, v
+
+    def shard(self, shard_id: str) -> bytes:
+        man = self.svc.corpus.manifest
+        sid = _nonneg_int(shard_id, "shard_id", status=404)
+        # Only training shards are served: handing out the held-out split would let workers train on it.
+        if sid >= len(man.shards) or man.entry(sid).split != "train":
+            raise ApiError(404, "not_found", "no such training shard")
+        return self.svc.corpus.shard(sid).data
+
+    def status(self) -> dict[str, Any]:
+        svc = self.svc
+        with svc.lock:
+            out = svc.coord.status()
+            out["node_table"] = [
+                {"node_id": n.node_id, "tokens": n.tokens_accepted, "accepted": n.updates_accepted,
+                 "rejected": n.updates_rejected, "reject_reasons": dict(n.reject_reasons),
+                 "leases_expired": n.leases_expired, "last_seen": n.last_seen, "banned": n.banned,
+                 "ban_reason": n.ban_reason}
+                for n in svc.coord.nodes.values()]
+            out["store"] = svc.store.counts()
+        return out
+
+
+def _submit_locked(svc: CoordinatorService, step, now: float, row: dict[str, Any]):
+    """Core submit + durable commit while the caller holds svc.lock; reload the core on failure."""
+    try:
+        reply = step()
+        svc._persist(now, row if reply.accepted else None)
+        return reply
+    except BaseException:
+        svc._load()
+        raise
+
+
+def _nonneg_int(text: str | None, what: str, status: int = 400) -> int:
+    if text is None or not text.isdigit() or len(text) > 12:
+        raise ApiError(status, "bad_request" if status == 400 else "not_found", f"{what} must be an integer >= 0")
+    return int(text)
+
+
+def _extra(extra: dict[str, Any]) -> tuple[int, int, float | None]:
+    def int_field(name: str) -> int:
+        v = extra.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 1 << 50:
+            raise ApiError(422, "bad_payload", f"update header extra.{name} must be a non-negative integer")
+        return v
+    loss = extra.get("loss")
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss)):
+        raise ApiError(422, "bad_payload", "update header extra.loss must be a finite number")
+    return int_field("tokens"), int_field("steps"), None if loss is None else float(loss)

@@ -1,0 +1,212 @@
+"""One Coordinator core plus its durable store: every state change is committed before it is answered.
+
+    svc = CoordinatorService(load_config("run.toml"), Path("state"), ServerLimits())
+    svc.register_node(...); svc.lease(node_id, now); svc.submit_update(node_id, headers, body, now)
+    svc.tick(time.time())       # every second from the app's background task
+
+Every operation runs the core under one lock and then `_persist`s the step in one SQLite
+transaction (blobs fsynced first). If anything fails between the core call and the commit, the
+in-memory core is rebuilt from the store (`_load`), so memory never runs ahead of the disk.
+Restart = `_load`: latest checkpoint, outer momentum, counters, nodes, leases (kept with their
+deadlines; overdue ones expire at the first tick and their shards are requeued), and the
+accepted-but-unmerged updates re-decoded from their stored wire bytes and re-buffered in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from trainnet.codec.spec import parse_codec
+from trainnet.config import RunConfig
+from trainnet.coordinator.core import Buffered, Coordinator
+from trainnet.coordinator.limits import ServerLimits
+from trainnet.coordinator.state import (
+    core_meta,
+    event_to_row,
+    lease_from_row,
+    lease_to_row,
+    node_from_row,
+    node_to_row,
+    restore,
+)
+from trainnet.coordinator.store import DROPPED, Store
+from trainnet.data.corpus import load_corpus
+from trainnet.model.gpt import GPT
+from trainnet.protocol.wire import WireLimits, decode_update
+from trainnet.sim.simulator import coordinator_config
+from trainnet.train.local import flatten, params_of
+
+log = logging.getLogger("trainnet.coordinator")
+
+CRASH_ENV = "TRAINNET_TEST_CRASH"  # tests only: "point" or "point:n" -> SIGKILL self the n-th time
+
+
+class StoreMismatch(RuntimeError):
+    """The state directory belongs to a different run (model, data or consensus settings changed)."""
+
+
+class CoordinatorService:
+    def __init__(self, cfg: RunConfig, state_dir: Path, limits: ServerLimits | None = None) -> None:
+        self.cfg = cfg
+        self.limits = limits or ServerLimits()
+        self.ccfg = coordinator_config(cfg)
+        self.codec = parse_codec(cfg.sim.codec).spec
+        self.corpus = load_corpus(cfg.data.path, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes,
+                                  min_shard_bytes=cfg.model.block_size + 2)
+        self.wire_limits = WireLimits(max_total_bytes=self.limits.max_update_bytes)
+        self.store = Store(Path(state_dir))
+        self.lock = threading.Lock()
+        self._crash: dict[str, int] = {}
+        self._load()
+        self._crash = self._parse_crash(os.environ.get(CRASH_ENV, ""))  # armed after startup
+
+    # ------------------------------------------------------------------ build / restore
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"run": self.cfg.name, "model": dataclasses.asdict(self.cfg.model),
+                "coordinator": dataclasses.asdict(self.ccfg), "codec": self.codec,
+                "manifest_root": self.corpus.manifest.root_hash}
+
+    def _fresh_core(self) -> Coordinator:
+        torch.manual_seed(self.ccfg.seed)
+        return Coordinator(self.ccfg, self.corpus.manifest, params_of(GPT(self.cfg.model)))
+
+    def _load(self) -> None:
+        """(Re)build the core from the store; initialise the store on first start."""
+        coord = self._fresh_core()
+        snap = self.store.load()
+        fp = self._fingerprint()
+        if snap is None:
+            self.store.set_meta("fingerprint", fp)
+            self.coord, self.persisted_version, self.unmerged, self.outer_path = coord, -1, [], None
+            self._persist(time.time())
+            log.info("new store at %s (%d parameters)", self.store.dir, coord.num_params)
+            return
+        old = self.store.get_meta("fingerprint")
+        if old != fp:
+            raise StoreMismatch(f"{self.store.dir} holds another run's state; settings differ: "
+                                f"{sorted(k for k in fp if (old or {}).get(k) != fp[k])}")
+        params = st_load(self.store.read_blob(snap["checkpoint"]))
+        outer = snap["outer"]
+        momentum = None
+        if outer and outer["path"]:
+            momentum = st_load(self.store.read_blob(outer["path"]))["momentum"]
+        buffer = []
+        for u in snap["unmerged"]:
+            upd = decode_update(self.store.read_blob(u["path"]), limits=self.wire_limits)
+            buffer.append(Buffered(u["node_id"], u["task_id"], flatten(upd.tensors, coord.template),
+                                   u["tokens"], u["staleness"], u["arrived"]))
+        restore(coord, snap["meta"], [node_from_row(n) for n in snap["nodes"]],
+                [lease_from_row(r) for r in snap["leases"]], buffer, flatten(params, coord.template), momentum)
+        if coord.version != snap["version"]:
+            raise StoreMismatch(f"counters say version {coord.version}, latest checkpoint is {snap['version']}")
+        self.coord, self.persisted_version = coord, coord.version
+        self.unmerged = [b.task_id for b in buffer]
+        self.outer_path = outer["path"] if outer else None
+        removed = self.store.cleanup_orphans()
+        log.info("restored version %d: %d nodes, %d leases, %d buffered updates (%d orphan files removed)",
+                 coord.version, len(coord.nodes), len(coord.leases), len(buffer), removed)
+
+    # ------------------------------------------------------------------ persistence
+    @staticmethod
+    def _parse_crash(text: str) -> dict[str, int]:
+        if not text:
+            return {}
+        point, _, n = text.partition(":")
+        return {point: int(n or 1)}
+
+    def crash_point(self, name: str) -> None:
+        """Tests only: die like `kill -9` the n-th time execution passes `name`."""
+        if name in self._crash:
+            self._crash[name] -= 1
+            if self._crash[name] <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def _persist(self, now: float, new_update: dict[str, Any] | None = None) -> None:
+        """Commit the core's current state (one transaction), after writing any new checkpoint."""
+        coord = self.coord
+        new_version = outer_path = None
+        old_outer = self.outer_path
+        version_changed = coord.version != self.persisted_version
+        if version_changed:
+            data = st_save({k: v.contiguous().clone() for k, v in coord.params().items()},
+                           metadata={"trainnet_model_config": json.dumps(dataclasses.asdict(self.cfg.model)),
+                                     "version": str(coord.version)})
+            path = self.store.write_blob(f"checkpoints/v{coord.version:08d}.safetensors", data)
+            new_version = (coord.version, path, now)
+            mom = coord.outer.state_dict()
+            if mom:
+                outer_path = self.store.write_blob(f"outer/v{coord.version:08d}.safetensors", st_save(mom))
+            self.crash_point("checkpoint_written")
+        pending = self.unmerged + ([new_update["task_id"]] if new_update else [])
+        buffered = {b.task_id for b in coord.buffer}
+        merged = [(t, coord.version if version_changed else DROPPED) for t in pending if t not in buffered]
+        self.store.commit(
+            meta=core_meta(coord), nodes=[node_to_row(n) for n in coord.nodes.values()],
+            leases=[lease_to_row(lease) for lease in coord.leases.values()],
+            events=[event_to_row(e) for e in coord.drain_events()], new_update=new_update, merged=merged,
+            new_version=new_version, outer_path=outer_path,
+            outer_version=coord.version if version_changed else None,
+        )
+        self.crash_point("after_commit")
+        self.persisted_version = coord.version
+        self.unmerged = [t for t in pending if t in buffered]
+        if version_changed:
+            self.outer_path = outer_path
+            if old_outer and old_outer != outer_path:
+                self.store.delete_blob(old_outer)
+            self._prune()
+
+    def _prune(self) -> None:
+        vs = self.store.versions()
+        keep = set(vs[-max(1, self.limits.keep_versions):]) | {self.coord.version}
+        keep |= {lease.spec.base_version for lease in self.coord.leases.values()}
+        self.store.prune_versions(keep)
+
+    def locked_step(self, fn: Callable[[], Any], now: float,
+                    persist: bool | Callable[[Any], bool] = True) -> Any:
+        """Run `fn()` on the core under the lock, then persist (if `persist`, or `persist(result)`).
+        On any failure the core is rebuilt from the store, so memory never runs ahead of the disk."""
+        with self.lock:
+            try:
+                result = fn()
+                if persist is True or (callable(persist) and persist(result)):
+                    self._persist(now)
+                return result
+            except BaseException:
+                log.exception("coordinator step failed; reloading state from the store")
+                try:
+                    self._load()
+                except Exception:  # the store itself is unreadable: nothing sane is left to serve
+                    log.exception("reload failed")
+                    raise
+                raise
+
+    # ------------------------------------------------------------------ background
+    def tick(self, now: float) -> None:
+        """Expire overdue leases and run grace-window merges; persist if anything happened."""
+        with self.lock:
+            try:
+                self.coord.tick(now)
+                if self.coord.has_events or self.coord.version != self.persisted_version:
+                    self._persist(now)
+            except BaseException:
+                log.exception("tick failed; reloading state from the store")
+                self._load()
+                raise
+
+    def close(self) -> None:
+        with self.lock:
+            self.store.close()

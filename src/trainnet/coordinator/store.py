@@ -1,0 +1,201 @@
+"""Durable coordinator state: SQLite (WAL, synchronous=FULL) for rows, fsynced files for tensors.
+
+    store = Store(state_dir)
+    path = store.write_blob("updates/t0000001.ab12.tnup", wire_bytes)    # tmp + fsync + rename + dir fsync
+    store.commit(meta=..., nodes=[...], leases=[...], events=[...], new_update={...},
+                 merged=[("t0000001", 3)], new_version=(3, "checkpoints/v00000003.safetensors"),
+                 outer_path="outer/v00000003.safetensors")
+    snap = store.load()                                                   # None for a fresh store
+
+Layout under state_dir: `coordinator.db`, `checkpoints/vNNNNNNNN.safetensors` (full fp32 parameters of
+a model version), `outer/vNNNNNNNN.safetensors` (outer momentum after that version),
+`updates/<task>.<rand>.tnup` (the raw signed upload bytes, evidence). Blob paths in rows are relative.
+
+Crash safety: blobs are made durable before the transaction that references them commits; one
+transaction holds every row change of one coordinator step, so a crash leaves either the state
+before or the state after that step. Unreferenced blobs (from a crash between the two) are
+deleted by `cleanup_orphans()` at startup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (task_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, base_version INTEGER NOT NULL,
+    deadline REAL NOT NULL, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS updates (seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE,
+    node_id TEXT NOT NULL, base_version INTEGER NOT NULL, tokens INTEGER NOT NULL, steps INTEGER NOT NULL,
+    loss REAL, staleness INTEGER NOT NULL, arrived REAL NOT NULL, signature TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL, nbytes INTEGER NOT NULL, path TEXT NOT NULL, merged_into INTEGER);
+CREATE TABLE IF NOT EXISTS versions (version INTEGER PRIMARY KEY, path TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outer_state (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL,
+    path TEXT);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
+    data TEXT NOT NULL);
+"""
+
+DROPPED = -1  # merged_into of a buffered update dropped without merging (its node was banned)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
+        for sub in ("checkpoints", "outer", "updates", "tmp"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.dir / "coordinator.db", isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ blobs
+    def write_blob(self, rel: str, data: bytes) -> str:
+        """Write `data` to state_dir/rel durably and atomically; returns rel."""
+        final = self.dir / rel
+        tmp = self.dir / "tmp" / f"{final.name}.{secrets.token_hex(6)}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return rel
+
+    def read_blob(self, rel: str) -> bytes:
+        return (self.dir / rel).read_bytes()
+
+    def delete_blob(self, rel: str) -> None:
+        try:
+            (self.dir / rel).unlink()
+        except FileNotFoundError:
+            pass
+
+    def unique_update_path(self, task_id: str) -> str:
+        # Random suffix: a replayed upload for the same task never overwrites the stored evidence.
+        return f"updates/{task_id}.{secrets.token_hex(8)}.tnup"
+
+    # ------------------------------------------------------------------ rows
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def has_update(self, task_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM updates WHERE task_id=?", (task_id,)).fetchone() is not None
+
+    def commit(self, *, meta: dict[str, Any], nodes: list[dict[str, Any]], leases: list[dict[str, Any]],
+               events: list[dict[str, Any]], new_update: dict[str, Any] | None = None,
+               merged: list[tuple[str, int]] = (), new_version: tuple[int, str, float] | None = None,
+               outer_path: str | None = None, outer_version: int | None = None) -> None:
+        """One atomic step: every row change of one coordinator step, in one transaction."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)",
+                           [(k, json.dumps(v)) for k, v in meta.items()])
+            db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)",
+                           [(n["node_id"], n["public_key"], json.dumps(n)) for n in nodes])
+            db.execute("DELETE FROM leases")
+            db.executemany("INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
+                           [(lease["spec"]["task_id"], lease["spec"]["node_id"], lease["spec"]["base_version"],
+                             lease["deadline"], json.dumps(lease["spec"])) for lease in leases])
+            db.executemany("INSERT INTO events (time, kind, data) VALUES (?, ?, ?)",
+                           [(e["time"], e["kind"], json.dumps(e["data"], default=str)) for e in events])
+            if new_update is not None:
+                u = new_update
+                db.execute(
+                    "INSERT INTO updates (task_id, node_id, base_version, tokens, steps, loss, staleness, arrived,"
+                    " signature, payload_sha256, nbytes, path, merged_into) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+                    (u["task_id"], u["node_id"], u["base_version"], u["tokens"], u["steps"], u["loss"],
+                     u["staleness"], u["arrived"], u["signature"], u["payload_sha256"], u["nbytes"], u["path"]))
+            db.executemany("UPDATE updates SET merged_into=? WHERE task_id=? AND merged_into IS NULL",
+                           [(v, t) for t, v in merged])
+            if new_version is not None:
+                db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?)", new_version)
+            if outer_path is not None or outer_version is not None:
+                db.execute("INSERT OR REPLACE INTO outer_state VALUES (1, ?, ?)", (outer_version, outer_path))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def load(self) -> dict[str, Any] | None:
+        """Everything needed to rebuild the coordinator, or None if nothing was ever committed."""
+        db = self.db
+        latest = db.execute("SELECT version, path FROM versions ORDER BY version DESC LIMIT 1").fetchone()
+        if latest is None:
+            return None
+        meta = {k: json.loads(v) for k, v in db.execute("SELECT name, value FROM counters")}
+        nodes = [json.loads(r[0]) for r in db.execute("SELECT record FROM nodes ORDER BY node_id")]
+        leases = [{"spec": json.loads(s), "deadline": d}
+                  for s, d in db.execute("SELECT spec, deadline FROM leases ORDER BY task_id")]
+        cols = ("task_id", "node_id", "base_version", "tokens", "steps", "staleness", "arrived", "path")
+        unmerged = [dict(zip(cols, r, strict=True)) for r in db.execute(
+            f"SELECT {', '.join(cols)} FROM updates WHERE merged_into IS NULL ORDER BY seq")]
+        outer = db.execute("SELECT version, path FROM outer_state WHERE id=1").fetchone()
+        return {"meta": meta, "nodes": nodes, "leases": leases, "unmerged": unmerged,
+                "version": latest[0], "checkpoint": latest[1],
+                "outer": None if outer is None else {"version": outer[0], "path": outer[1]}}
+
+    def version_path(self, version: int) -> str | None:
+        row = self.db.execute("SELECT path FROM versions WHERE version=?", (version,)).fetchone()
+        return None if row is None else row[0]
+
+    def versions(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT version FROM versions ORDER BY version")]
+
+    def prune_versions(self, keep: set[int]) -> list[str]:
+        """Drop checkpoint rows not in `keep` (committed first), then their files. Returns deleted paths."""
+        doomed = [(v, p) for v, p in self.db.execute("SELECT version, path FROM versions") if v not in keep]
+        if not doomed:
+            return []
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("DELETE FROM versions WHERE version=?", [(v,) for v, _ in doomed])
+        self.db.execute("COMMIT")
+        for _, p in doomed:
+            self.delete_blob(p)
+        return [p for _, p in doomed]
+
+    def cleanup_orphans(self) -> int:
+        """Delete blob files no row references (left by a crash between blob write and commit)."""
+        used = {r[0] for r in self.db.execute("SELECT path FROM versions")}
+        used |= {r[0] for r in self.db.execute("SELECT path FROM updates")}
+        used |= {r[0] for r in self.db.execute("SELECT path FROM outer_state WHERE path IS NOT NULL")}
+        n = 0
+        for sub in ("checkpoints", "outer", "updates", "tmp"):
+            for f in (self.dir / sub).iterdir():
+                rel = f"{sub}/{f.name}"
+                if rel not in used:
+                    f.unlink()
+                    n += 1
+        return n
+
+    def counts(self) -> dict[str, int]:
+        q = self.db.execute
+        return {
+            "updates": q("SELECT COUNT(*) FROM updates").fetchone()[0],
+            "unmerged": q("SELECT COUNT(*) FROM updates WHERE merged_into IS NULL").fetchone()[0],
+            "versions": q("SELECT COUNT(*) FROM versions").fetchone()[0],
+            "events": q("SELECT COUNT(*) FROM events").fetchone()[0],
+        }

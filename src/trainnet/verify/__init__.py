@@ -1,0 +1,14 @@
+"""Verification by recomputation, residual commitments, ban policy and reputation.
+
+    from trainnet.verify import Verifier, Tolerance, CommittingUploader, residual_digest, reputation
+    passed, detail = Verifier(model, codec="fp32").check(spec, base, shard_tokens, claimed)
+
+See docs/SECURITY.md, "Verification by recomputation" and "Bans and reputation".
+"""
+
+from trainnet.verify.commit import EMPTY_DIGEST, CommittingUploader, residual_digest
+from trainnet.verify.policy import CHAIN_BREAK, CommitmentChain, reputation
+from trainnet.verify.verifier import Tolerance, Verifier, compare
+
+__all__ = ["CHAIN_BREAK", "EMPTY_DIGEST", "CommitmentChain", "CommittingUploader", "Tolerance", "Verifier",
+           "compare", "reputation", "residual_digest"]

@@ -1,0 +1,127 @@
+"""Verification by recomputation: re-run an audited task from its public inputs and compare.
+
+    v = Verifier(model, codec="topk:0.1+q4")                 # tolerance: Tolerance() defaults
+    passed, detail = v.check(spec, base_params, shard_tokens, claimed,
+                             residual_in=r_in, residual_out=r_out, commitments={"ef_in": ..., "ef_out": ...})
+    detail  # {"rel_error", "cosine", "residual_rel_error", "reason", "steps", ...}
+
+The task (base version, shard by content hash, sample seed, H, hyperparameters) is fixed by the
+coordinator's TaskSpec, and `run_task` is deterministic for the same inputs, so the verifier gets the
+worker's pseudo-gradient Δ back exactly on CPU. With a lossy codec and error feedback the upload is
+D(C(Δ + r_in)) where r_in is the worker's residual: the worker reveals r_in and r_out (committed by
+hash in the update header, see commit.py), the verifier checks the hashes, re-encodes Δ + r_in with
+the same deterministic codec, and compares the decoded result with what the coordinator received,
+and r_out with Δ + r_in − D(C(Δ + r_in)). The comparison is tolerant (relative L2 error and cosine),
+because on GPUs the same inputs give slightly different results run to run (the default tolerance is
+argued in docs/SECURITY.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from trainnet.codec import parse_codec
+from trainnet.protocol.messages import TaskSpec
+from trainnet.train.local import TaskHParams, run_task
+from trainnet.verify.commit import residual_digest
+
+ParamDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An update passes when ‖claimed − expected‖ ≤ rel_error·‖expected‖ and cos(claimed, expected) ≥ min_cosine.
+
+    Defaults: 5% relative L2 error and cosine 0.99. Honest CPU recomputation is exact (error 0); a
+    thread-count change (different float summation order, the CPU analogue of GPU nondeterminism)
+    and 1e-3 relative parameter noise (bf16-sized) measured well below 1% on the benchmark config
+    (bench/results/security.md); the cheapest cheats measured are far above 5% (half the steps ≈ 40%,
+    another shard ≈ 100%)."""
+
+    rel_error: float = 0.05
+    min_cosine: float = 0.99
+
+
+def _flat(params: ParamDict, keys: list[str]) -> torch.Tensor:
+    return torch.cat([params[k].detach().reshape(-1).to(torch.float64) for k in keys])
+
+
+def compare(claimed: ParamDict, expected: ParamDict) -> dict[str, float]:
+    """Relative L2 error ‖c − e‖ / ‖e‖ and cosine of two ParamDicts with the same keys and shapes."""
+    keys = sorted(expected)
+    c, e = _flat(claimed, keys), _flat(expected, keys)
+    en, cn = float(e.norm()), float(c.norm())
+    diff = float((c - e).norm())
+    rel = diff / en if en > 0 else (0.0 if diff == 0 else float("inf"))
+    cos = float(c @ e) / (cn * en) if cn > 0 and en > 0 else (1.0 if diff == 0 else 0.0)
+    return {"rel_error": rel, "cosine": cos, "claimed_norm": cn, "expected_norm": en}
+
+
+class Verifier:
+    """Recomputes audited tasks with `run_task` (the function every worker runs) and judges them."""
+
+    def __init__(self, model: nn.Module, codec: str = "fp32", tolerance: Tolerance | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.codec_spec = codec
+        self.codec = parse_codec(codec)
+        self.tol = tolerance or Tolerance()
+        self.device = device
+        self.steps_recomputed = 0  # verification cost, in inner steps
+
+    def check(self, spec: TaskSpec, base: ParamDict, shard_tokens: torch.Tensor, claimed: ParamDict,
+              residual_in: ParamDict | None = None, residual_out: ParamDict | None = None,
+              commitments: dict[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
+        """Recompute `spec` from `base` on `shard_tokens` and compare with the decoded `claimed` update.
+
+        `commitments` is the update header's `extra` (ef_in / ef_out digests); when given, the revealed
+        residuals must match them, or the audit fails with reason "residual_commitment" before any
+        recomputation. Returns (passed, detail)."""
+        detail: dict[str, Any] = {"steps": int(spec.hparams["steps"]), "codec": self.codec_spec}
+        r_in = residual_in or {}
+        if set(claimed) != set(base):
+            return False, detail | {"reason": "bad_shape"}
+        if commitments is not None:
+            if commitments.get("ef_in") != residual_digest(r_in):
+                return False, detail | {"reason": "residual_commitment", "which": "ef_in"}
+            if residual_out is not None and commitments.get("ef_out") != residual_digest(residual_out):
+                return False, detail | {"reason": "residual_commitment", "which": "ef_out"}
+        hp = TaskHParams(**spec.hparams)
+        result = run_task(self.model, base, shard_tokens, hp, seed=spec.seed, device=self.device)
+        self.steps_recomputed += hp.steps
+        expected, res_err = self._expected_upload(result.delta, r_in, residual_out)
+        m = compare(claimed, expected)
+        detail |= {k: round(v, 6) for k, v in m.items()}
+        ok = m["rel_error"] <= self.tol.rel_error and m["cosine"] >= self.tol.min_cosine
+        reason = "ok" if ok else "update_mismatch"
+        if res_err is not None:
+            detail["residual_rel_error"] = round(res_err, 6)
+            if ok and res_err > self.tol.rel_error:
+                ok, reason = False, "residual_mismatch"
+        detail["reason"] = reason
+        return ok, detail
+
+    def _expected_upload(self, delta: ParamDict, r_in: ParamDict,
+                         r_out: ParamDict | None) -> tuple[ParamDict, float | None]:
+        """D(C(Δ + r_in)) per tensor, as ErrorFeedback.compress computes it; plus r_out's relative error
+        against Δ + r_in − D(C(Δ + r_in)) (relative to ‖Δ + r_in‖), when r_out was revealed."""
+        expected: ParamDict = {}
+        num = den = 0.0
+        for name, d in delta.items():
+            acc = d.detach().to(torch.float32)
+            if name in r_in:
+                acc = acc + r_in[name].to(acc.device, torch.float32)
+            approx = self.codec.decode(self.codec.encode(acc), validate=False)
+            expected[name] = approx
+            if r_out is not None:
+                want = acc - approx
+                got = r_out.get(name, torch.zeros_like(want)).to(torch.float32)
+                num += float((got - want).double().pow(2).sum())
+                den += float(acc.double().pow(2).sum())
+        if r_out is None:
+            return expected, None
+        return expected, (num ** 0.5) / (den ** 0.5) if den > 0 else (0.0 if num == 0 else float("inf"))

@@ -1,0 +1,218 @@
+"""HTTP client for the TrainNet coordinator protocol v1 (see docs/PROTOCOL.md and the HTTP contract).
+
+    key = auth.load_or_create_key(state_dir)
+    client = CoordinatorClient("http://127.0.0.1:8470", key)
+    client.register(join_token=None)                  # {"node_id", "run_id"}
+    task = client.lease()                             # {"task": {...}} or {"task": None, "reason", ...}
+    reply = client.upload(body, update_signature)     # {"accepted", "reason", "version", "staleness"}
+
+Every POST is signed with `auth.sign_request` (fresh timestamp on every attempt). Network errors,
+5xx and 429 are retried with exponential backoff and full jitter (429 honours Retry-After), within
+a bounded time budget per call; past it the call raises `Unreachable`. Any other 4xx raises
+`ApiError` with the server's error code. Responses are read with a size cap, and nothing received
+is ever unpickled: JSON, safetensors and the validated update wire format only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from trainnet.protocol import auth
+
+JSON_LIMIT = 16 << 20  # no JSON reply of this protocol comes near 16 MiB
+
+
+class ApiError(Exception):
+    """The coordinator answered with a 4xx error (not retried). `code` is its reason code."""
+
+    def __init__(self, status: int, code: str, detail: str = "") -> None:
+        super().__init__(f"HTTP {status} {code}: {detail}" if detail else f"HTTP {status} {code}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+class Unreachable(Exception):
+    """The coordinator could not be reached (or kept failing) within the retry budget."""
+
+
+class Stopped(Exception):
+    """A stop was requested while the client was waiting to retry."""
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter: delay = uniform(0, min(max_s, base_s * 2**n))."""
+
+    budget_s: float = 300.0  # total time one call may spend retrying before Unreachable
+    base_s: float = 0.25
+    max_s: float = 10.0
+    timeout_s: float = 120.0  # per-request read/write timeout (large uploads on slow links)
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.max_s, self.base_s * (2 ** min(attempt, 30))))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class CoordinatorClient:
+    """Synchronous client; thread-safe enough for one worker loop plus one heartbeat thread."""
+
+    def __init__(self, base_url: str, key: Any = None, node_id: str | None = None, *,
+                 retry: RetryPolicy | None = None, seed: int | None = None,
+                 stop: threading.Event | None = None, max_download_bytes: int = 4 << 30,
+                 on_retry: Any = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.node_id = node_id or (auth.node_id_of(bytes.fromhex(auth.public_key_hex(key))) if key else "")
+        self.retry = retry or RetryPolicy()
+        self.rng = random.Random(seed)
+        self.stop = stop or threading.Event()
+        self.max_download_bytes = max_download_bytes
+        self.on_retry = on_retry  # callable(str) told about each retry, for the status line
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._lock = threading.Lock()
+        t = self.retry.timeout_s
+        self._http = httpx.Client(timeout=httpx.Timeout(t, connect=5.0, pool=5.0), follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ endpoints
+    def info(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/info")
+
+    def status(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/status")
+
+    def register(self, join_token: str | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"public_key": auth.public_key_hex(self.key)}
+        if join_token:
+            body["join_token"] = join_token
+        if info:
+            body["info"] = info
+        return self._json("POST", "/v1/register", body)
+
+    def lease(self) -> dict[str, Any]:
+        return self._json("POST", "/v1/lease", {})
+
+    def heartbeat(self, task_id: str, budget_s: float | None = None) -> dict[str, Any]:
+        return self._json("POST", "/v1/heartbeat", {"task_id": task_id}, budget_s=budget_s)
+
+    def abandon(self, task_id: str, budget_s: float | None = 10.0) -> dict[str, Any]:
+        # Called while stopping, so it must not be interrupted by the stop flag; short budget.
+        return self._json("POST", "/v1/abandon", {"task_id": task_id}, budget_s=budget_s, interruptible=False)
+
+    def model(self, version: int | str = "latest", since: int | None = None) -> tuple[bytes, int | None]:
+        """Full safetensors of `version`, or with `since` the fp16-encoded difference; returns
+        (bytes, version from the X-TrainNet-Version header)."""
+        params = {"since": str(since)} if since is not None else None
+        r, data = self._send("GET", f"/v1/model/{version}", params=params, limit=self.max_download_bytes)
+        raw = r.headers.get("x-trainnet-version")
+        return data, int(raw) if raw is not None and raw.strip().isdigit() else None
+
+    def shard(self, shard_id: int) -> bytes:
+        return self._send("GET", f"/v1/shard/{int(shard_id)}", limit=self.max_download_bytes)[1]
+
+    def upload(self, body: bytes, update_signature: str) -> dict[str, Any]:
+        # Not interruptible: an update that is already encoded is delivered before the worker stops.
+        r, data = self._send("POST", "/v1/update", body=body, content_type="application/octet-stream",
+                             extra_headers={"X-TrainNet-Update-Signature": update_signature},
+                             limit=JSON_LIMIT, interruptible=False)
+        return self._parse_json(r, data)
+
+    # ------------------------------------------------------------------ plumbing
+    def _json(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+              budget_s: float | None = None, interruptible: bool = True) -> dict[str, Any]:
+        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        r, data = self._send(method, path, body=body, content_type="application/json", limit=JSON_LIMIT,
+                             budget_s=budget_s, interruptible=interruptible)
+        return self._parse_json(r, data)
+
+    @staticmethod
+    def _parse_json(r: httpx.Response, data: bytes) -> dict[str, Any]:
+        try:
+            out = json.loads(data)
+        except ValueError:
+            raise ApiError(r.status_code, "bad_reply", f"not JSON: {data[:80]!r}") from None
+        if not isinstance(out, dict):
+            raise ApiError(r.status_code, "bad_reply", "JSON reply is not an object")
+        return out
+
+    def _send(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
+              params: dict[str, str] | None = None, extra_headers: dict[str, str] | None = None,
+              limit: int, budget_s: float | None = None, interruptible: bool = True
+              ) -> tuple[httpx.Response, bytes]:
+        budget = self.retry.budget_s if budget_s is None else budget_s
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            if interruptible and self.stop.is_set():
+                raise Stopped(f"{method} {path}")
+            headers = dict(extra_headers or {})
+            if content_type:
+                headers["Content-Type"] = content_type
+            if method == "POST":
+                headers.update(auth.sign_request(self.key, self.node_id, method, path, body or b"", time.time()))
+            wait, why = None, ""
+            try:
+                r, data = self._once(method, path, body, params, headers, limit)
+            except httpx.TransportError as exc:
+                why = f"{type(exc).__name__}: {str(exc)[:80]}"
+            else:
+                if r.status_code < 400:
+                    return r, data
+                if r.status_code == 429 or r.status_code >= 500:
+                    why = f"HTTP {r.status_code}"
+                    wait = _retry_after(r.headers.get("retry-after")) if r.status_code in (429, 503) else None
+                else:
+                    code, detail = f"http_{r.status_code}", ""
+                    try:
+                        err = json.loads(data)
+                        code, detail = str(err.get("error", code)), str(err.get("detail", ""))
+                    except (ValueError, AttributeError):
+                        detail = data[:200].decode("utf-8", "replace")
+                    raise ApiError(r.status_code, code, detail)
+            delay = wait if wait is not None else self.retry.delay(attempt, self.rng)
+            attempt += 1
+            left = budget - (time.monotonic() - start)
+            if delay > left:
+                raise Unreachable(f"{method} {path}: gave up after {attempt} attempt(s) in "
+                                  f"{time.monotonic() - start:.0f}s (last: {why})")
+            if self.on_retry is not None:
+                self.on_retry(f"{method} {path} failed ({why}); retry {attempt} in {delay:.1f}s")
+            if interruptible:
+                if self.stop.wait(delay):
+                    raise Stopped(f"{method} {path}")
+            else:
+                time.sleep(delay)
+
+    def _once(self, method: str, path: str, body: bytes | None, params: dict[str, str] | None,
+              headers: dict[str, str], limit: int) -> tuple[httpx.Response, bytes]:
+        with self._http.stream(method, self.base_url + path, content=body, params=params, headers=headers) as r:
+            declared = r.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise ApiError(r.status_code, "reply_too_large", f"{declared} bytes > limit {limit}")
+            chunks, n = [], 0
+            for chunk in r.iter_bytes():
+                n += len(chunk)
+                if n > limit:
+                    raise ApiError(r.status_code, "reply_too_large", f"more than {limit} bytes")
+                chunks.append(chunk)
+        with self._lock:
+            self.bytes_up += len(body or b"")
+            self.bytes_down += n
+        return r, b"".join(chunks)

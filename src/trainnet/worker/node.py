@@ -1,0 +1,397 @@
+"""The worker loop: register, then lease -> fetch model and shard -> train -> compress -> sign -> upload.
+
+    opts = WorkerOptions(coordinator="http://127.0.0.1:8470", state_dir=Path("state/w0"))
+    code = Worker(opts).run()        # 0: run done / stopped / --max-tasks reached; 1: unreachable; 3: refused
+
+Training is `trainnet.train.run_task`, the function the simulator and the verifier use. Updates go
+through `ErrorFeedback` with the run's codec; its residual lives in the state dir and is committed
+only when the coordinator accepts the update (a rejected task is redone elsewhere, so its
+contribution must not be remembered). SIGINT/SIGTERM stop cleanly: an update already encoded is
+still delivered, otherwise the lease is given back with POST /v1/abandon; a second signal aborts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+
+from trainnet.codec import ErrorFeedback
+from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.protocol import auth
+from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
+from trainnet.train.local import TaskHParams, params_of, run_task
+from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
+from trainnet.worker.status import StatusLine, human_bytes
+from trainnet.worker.store import ModelFormatError, WorkerStore, check_params
+
+EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 3
+TASK_LOG = "tasks.jsonl"
+LEASE_FILE = "lease.json"  # the lease held right now, so a restarted worker can give it back
+_HPARAM_FIELDS = {f.name for f in dataclasses.fields(TaskHParams)}
+
+
+@dataclass
+class WorkerOptions:
+    coordinator: str
+    state_dir: Path
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads (0: torch default)
+    max_tasks: int | None = None
+    join_token: str | None = None
+    status_line: bool = False
+    retry_budget_s: float = 300.0
+    max_wait_s: float = 30.0  # longest sleep between "no task" leases
+    delta_chain_max: int = 4  # fp16 model deltas applied in a row before a full download resets drift
+    seed: int | None = None  # backoff jitter
+
+
+class _Refused(Exception):
+    """The coordinator refused this node (banned, not allowed, bad join token)."""
+
+
+class _StopNow(BaseException):
+    """Raised by the signal handler to leave an interruptible phase (not an Exception on purpose)."""
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps a lease alive: heartbeats when half of the remaining lease has passed."""
+
+    def __init__(self, worker: Worker, task: dict[str, Any]) -> None:
+        super().__init__(daemon=True, name="heartbeat")
+        self.worker, self.task_id = worker, task["task_id"]
+        self.offset = float(task["issued_at"]) - time.time()  # server clock - local clock
+        self.deadline = float(task["deadline"])
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            left = self.deadline - (time.time() + self.offset)
+            if self.done.wait(max(0.5, left / 2)):
+                return
+            try:
+                reply = self.worker.client.heartbeat(self.task_id, budget_s=max(2.0, left / 3))
+                self.deadline = float(reply.get("deadline", self.deadline))
+            except (ApiError, Unreachable, Stopped, ValueError) as exc:
+                self.worker.status.log(f"heartbeat {self.task_id}: {exc}")
+                if isinstance(exc, ApiError | Stopped):
+                    return  # lease gone or stopping: nothing left to keep alive
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return device
+
+
+class Worker:
+    def __init__(self, opts: WorkerOptions, status: StatusLine | None = None) -> None:
+        self.opts = opts
+        self.store = WorkerStore(opts.state_dir)
+        self.key = auth.load_or_create_key(opts.state_dir)
+        self.stop = threading.Event()
+        self.client = CoordinatorClient(opts.coordinator, self.key, retry=RetryPolicy(budget_s=opts.retry_budget_s),
+                                        seed=opts.seed, stop=self.stop, on_retry=self._on_retry)
+        self.node_id = self.client.node_id
+        self.status = status or StatusLine(enabled=False)
+        self.device = resolve_device(opts.device)
+        self.run_id = ""
+        self.codec = "fp32"
+        self.model: GPT | None = None
+        self.model_cfg: GPTConfig | None = None
+        self.template: dict[str, torch.Tensor] = {}
+        self.version: int | None = None
+        self.params: dict[str, torch.Tensor] | None = None
+        self.chain = 0
+        self.ef: ErrorFeedback | None = None
+        self.task: dict[str, Any] | None = None  # the lease held right now
+        self.interruptible = True
+        self.tasks_done = 0
+        self.results: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt  # second signal: abort now
+        self.stop.set()
+        self.status.update(note="stopping")
+        if self.interruptible:
+            raise _StopNow()
+
+    def _on_retry(self, msg: str) -> None:
+        self.status.update(note=msg)
+        self.status.log(msg)
+
+    def run(self) -> int:
+        """Work until the run is done, --max-tasks is reached, a stop signal, or the coordinator is gone."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        if self.opts.threads > 0:
+            torch.set_num_threads(self.opts.threads)
+        try:
+            return self._loop()
+        except (_StopNow, Stopped):
+            return EXIT_OK
+        except Unreachable as exc:
+            self.status.log(f"coordinator unreachable: {exc}")
+            return EXIT_UNREACHABLE
+        except _Refused:
+            return EXIT_REFUSED
+        finally:
+            self.interruptible = False
+            self._give_back()
+            self.client.close()
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+
+    def _hold(self, task: dict[str, Any] | None) -> None:
+        self.task = task
+        path = self.opts.state_dir / LEASE_FILE
+        if task is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(json.dumps({"run_id": self.run_id, "task_id": task["task_id"],
+                                        "shard_id": task.get("shard_id"), "seed": task.get("seed")}))
+
+    def _give_back_leftover(self) -> None:
+        """A previous process of this node was killed holding a lease: give it back so the shard is
+        requeued now instead of when the lease expires (and this node may lease again at once)."""
+        try:
+            old = json.loads((self.opts.state_dir / LEASE_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(old, dict) and old.get("run_id") == self.run_id and isinstance(old.get("task_id"), str):
+            self.task = {"task_id": old["task_id"]}
+            self._give_back()
+        self._hold(None)
+
+    def _give_back(self) -> None:
+        if self.task is None:
+            return
+        task_id = self.task["task_id"]
+        self._hold(None)
+        try:
+            self.client.abandon(task_id)
+            self.status.log(f"abandoned lease {task_id}")
+        except (ApiError, Unreachable, Stopped) as exc:
+            self.status.log(f"could not abandon {task_id} ({exc}); its lease will expire")
+
+    # ------------------------------------------------------------------ protocol steps
+    def _connect(self) -> None:
+        info = self.client.info()
+        cfg = GPTConfig(**{k: v for k, v in info["model"].items() if k in {f.name for f in dataclasses.fields(GPTConfig)}})
+        run_id, codec = str(info["run_id"]), str(info.get("codec") or "fp32")
+        if run_id != self.run_id or cfg != self.model_cfg or codec != self.codec:
+            self.run_id, self.codec, self.model_cfg = run_id, codec, cfg
+            torch.manual_seed(0)  # the init is overwritten by the downloaded model anyway
+            self.model = GPT(cfg)
+            self.template = params_of(self.model)
+            self.version, self.params, self.chain = None, None, 0
+            held = self.store.load_model(run_id, self.template)
+            if held is not None:
+                self.version, self.params, self.chain = held
+            self.ef = ErrorFeedback.load(self.store.feedback_dir(run_id), codec)
+        reply = self.client.register(self.opts.join_token, info={"device": self.device,
+                                                                  "threads": torch.get_num_threads()})
+        self.status.log(f"registered {self.node_id} in run {self.run_id} (codec {self.codec}, device {self.device}, "
+                        f"model {sum(t.numel() for t in self.template.values()):,} params)")
+        if reply.get("run_id") not in (None, self.run_id):
+            self.run_id = str(reply["run_id"])
+
+    def _loop(self) -> int:
+        self._reconnect()
+        self._give_back_leftover()
+        while not self.stop.is_set():
+            if self.opts.max_tasks is not None and self.tasks_done >= self.opts.max_tasks:
+                self.status.log(f"done: {self.tasks_done} task(s) (--max-tasks)")
+                return EXIT_OK
+            self.status.update(phase="leasing", task=None)
+            try:
+                reply = self.client.lease()
+            except ApiError as exc:
+                if exc.code in ("unknown_node", "not_found") or exc.status == 404:
+                    self.status.log("coordinator does not know this node (restarted?): registering again")
+                    self._reconnect()
+                    continue
+                if exc.code in ("banned", "not_allowed", "run_done") or exc.status == 403:
+                    self.status.log(f"lease refused: {exc}")
+                    return EXIT_OK if exc.code == "run_done" else EXIT_REFUSED
+                raise
+            task = reply.get("task")
+            if not task:
+                code = self._no_task(reply)
+                if code is not None:
+                    return code
+                continue
+            self._hold(task)
+            self._do_task(task)
+        return EXIT_OK
+
+    def _reconnect(self) -> None:
+        try:
+            self._connect()
+        except ApiError as exc:
+            self.status.log(f"registration refused: {exc}")
+            raise _Refused(str(exc)) from exc
+
+    def _no_task(self, reply: dict[str, Any]) -> int | None:
+        reason, after = str(reply.get("reason", "")), reply.get("retry_after_s")
+        if reason in ("done", "run_done"):
+            self.status.log(f"run is done; {self.tasks_done} task(s) from this worker ({self._summary()})")
+            return EXIT_OK
+        if reason == "banned":
+            self.status.log("this node is banned; stopping")
+            return EXIT_REFUSED
+        if reason == "unknown_node":
+            self._reconnect()
+            return None
+        if after is None:
+            self.status.log(f"no task ({reason}) and no retry time: stopping")
+            return EXIT_OK
+        wait = min(max(float(after), 0.1), self.opts.max_wait_s) if math.isfinite(float(after)) else self.opts.max_wait_s
+        self.status.update(phase="waiting", note=f"no task: {reason}")
+        if self.stop.wait(wait):
+            raise Stopped("stop")
+        return None
+
+    def _record(self, row: dict[str, Any]) -> None:
+        # One JSON line per task, measured here (the demo's summary and loss curve read these).
+        with open(self.opts.state_dir / TASK_LOG, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.results.items())) or "no uploads"
+
+    def _ensure_model(self, base: int) -> None:
+        if self.version == base and self.params is not None:
+            return
+        if self.params is not None and self.version is not None and self.version < base \
+                and self.chain < self.opts.delta_chain_max:
+            try:
+                data, _ = self.client.model(base, since=self.version)
+                diff = check_params(decode_update(data).tensors, self.template, f"model delta {self.version}->{base}")
+                self.params = {k: self.params[k] + diff[k] for k in self.template}
+                self.version, self.chain = base, self.chain + 1
+                self.store.save_model(self.params, base, self.run_id, self.model_cfg, self.chain)
+                return
+            except (ApiError, WireFormatError, ModelFormatError) as exc:
+                self.status.log(f"model delta {self.version}->{base} unavailable ({exc}); full download")
+        data, got = self.client.model(base)
+        if got is not None and got != base:
+            raise ModelFormatError(f"asked for model version {base}, got {got}")
+        try:
+            params = st_load(data)
+        except Exception as exc:  # safetensors raises its own error types on malformed input
+            raise ModelFormatError(f"model {base}: not valid safetensors ({exc})") from None
+        self.params = check_params(params, self.template, f"model {base}")
+        self.version, self.chain = base, 0
+        self.store.save_model(self.params, base, self.run_id, self.model_cfg)
+
+    def _fetch_shard(self, shard_id: int, sha256: str) -> torch.Tensor:
+        data = self.store.cached_shard(sha256)
+        if data is None:
+            data = self.client.shard(shard_id)
+            got = hashlib.sha256(data).hexdigest()
+            if got != sha256:
+                raise ModelFormatError(f"shard {shard_id}: sha256 {got[:12]} != task's {sha256[:12]}")
+            self.store.save_shard(sha256, data)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+    def _do_task(self, task: dict[str, Any]) -> None:
+        task_id, base = str(task["task_id"]), int(task["base_version"])
+        down0 = self.client.bytes_down
+        self.status.update(phase="download", task=task_id, version=base, note=None)
+        try:
+            self._ensure_model(base)
+            tokens = self._fetch_shard(int(task["shard_id"]), str(task["shard_sha256"]))
+            unknown = set(task["hparams"]) - _HPARAM_FIELDS
+            hp = TaskHParams(**{k: v for k, v in task["hparams"].items() if k in _HPARAM_FIELDS})
+            if unknown:
+                self.status.log(f"task {task_id}: ignoring unknown hparams {sorted(unknown)}")
+        except (ApiError, ModelFormatError, ValueError, TypeError) as exc:
+            self.status.log(f"task {task_id}: cannot start ({exc}); giving the lease back")
+            self._give_back()
+            if self.stop.wait(1.0):
+                raise Stopped("stop") from None
+            return
+        beat = _Heartbeat(self, task)
+        beat.start()
+        try:
+            self.status.update(phase="training")
+            result = run_task(self.model, self.params, tokens, hp, seed=int(task["seed"]), device=self.device)
+            tok_s = result.tokens / max(result.time_s, 1e-9)
+            self.status.update(tok_s=tok_s)
+            if not all(bool(torch.isfinite(d).all()) for d in result.delta.values()):
+                self.status.log(f"task {task_id}: training diverged (non-finite update); giving the lease back")
+                self._give_back()
+                return
+            self.interruptible = False  # from here the update is delivered even if a stop comes
+            self._upload(task, result, tok_s, self.client.bytes_down - down0)
+        finally:
+            beat.done.set()
+            self.interruptible = True
+        if self.stop.is_set():
+            raise Stopped("stop after upload")
+
+    def _upload(self, task: dict[str, Any], result: Any, tok_s: float, down: int) -> None:
+        task_id, base = str(task["task_id"]), int(task["base_version"])
+        self.status.update(phase="encoding")
+        old = {k: v.clone() for k, v in self.ef.residuals.items()}
+        encoded, _ = self.ef.compress(result.delta)
+        loss = result.loss_mean if math.isfinite(result.loss_mean) else result.loss_last
+        body = encode_update(encoded, self.codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
+                             base_version=base, extra={"tokens": result.tokens, "steps": result.steps,
+                                                       "loss": float(loss)})
+        raw = sum(4 * t.numel() for t in result.delta.values())
+        sig = auth.sign_update(self.key, self.run_id, self.node_id, task_id, base, hashlib.sha256(body).hexdigest())
+        self.status.update(phase="uploading", raw=raw, sent=len(body))
+        accepted, outcome = False, ""
+        try:
+            reply = self.client.upload(body, sig)
+            accepted = bool(reply.get("accepted"))
+            reason = str(reply.get("reason", ""))
+            outcome = (f"accepted v{reply.get('version')} tau={reply.get('staleness')}" if accepted
+                       else f"rejected {reason}")
+        except ApiError as exc:
+            accepted = exc.code == "replay"  # an earlier attempt whose reply was lost got through
+            outcome = "accepted (replay of a delivered upload)" if accepted else f"rejected {exc.code}"
+            if exc.code == "unknown_node":
+                self._reconnect()
+        except Unreachable as exc:
+            outcome = f"unknown (upload failed: {exc})"
+        self._hold(None)
+        if accepted:
+            self.ef.save(self.store.feedback_dir(self.run_id))
+        else:
+            self.ef.residuals = old  # this task will be redone elsewhere; forget its contribution
+        key = outcome.split(" ")[0] if accepted else outcome.split(" (")[0]
+        self.results[key] = self.results.get(key, 0) + 1
+        self.tasks_done += 1
+        self.status.update(phase="done", last=outcome)
+        self._record({"time": time.time(), "task_id": task_id, "shard_id": task["shard_id"], "base_version": base,
+                      "steps": result.steps, "tokens": result.tokens, "loss_first": result.loss_first,
+                      "loss_last": result.loss_last, "loss_mean": result.loss_mean, "train_s": result.time_s,
+                      "tok_s": tok_s, "bytes_down": down, "bytes_up": len(body), "bytes_raw": raw,
+                      "accepted": accepted, "outcome": outcome})
+        self.status.log(
+            f"task {task_id} shard {task['shard_id']} base v{base} steps {result.steps} "
+            f"loss {result.loss_first:.3f}->{result.loss_last:.3f} {tok_s:,.0f} tok/s {result.time_s:.1f}s | "
+            f"down {human_bytes(down)} up {human_bytes(len(body))} (fp32 {human_bytes(raw)}, "
+            f"{raw / max(len(body), 1):.1f}x) | {outcome}")

@@ -1,0 +1,77 @@
+"""Faults with real processes: a worker SIGKILLed mid-task, a coordinator restarted under load."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from trainnet.worker.report import read_task_logs
+
+LONG_H = 1200  # ~2 s or more per task here: longer than the lease, so only heartbeats keep it alive
+LEASE_S = 1.2
+
+
+def test_killed_worker_lease_expires_stopped_worker_abandons_and_heartbeats_keep_leases(
+        cluster_factory, wt, tmp_path: Path) -> None:
+    cl = cluster_factory(tokens=2 * LONG_H * 8 * 32, workers=2, h=LONG_H, quorum=1, lease_s=LEASE_S, grace_s=1.0)
+    cl.start_coordinator()
+    cl.wait_ready()
+    victim, rescuer = cl.workers
+    # 1. SIGKILL mid-task: nobody gives the lease back; it expires and the shard is requeued.
+    victim.start()
+    lease_file = cl.worker_dir(0) / "lease.json"
+    held = wt.wait_for(lambda: lease_file.exists() and json.loads(lease_file.read_text()), 40,
+                       "the first worker to hold a lease", every=0.02)
+    victim.signal(signal.SIGKILL)
+    victim.proc.wait(5)
+    assert cl.status()["leases_active"] == 1
+    st = wt.wait_for(lambda: (s := cl.status())["leases_expired"] >= 1 and s, 15, "the lease to expire")
+    assert st["leases_active"] == 0 and st["tokens"] == 0
+    # 2. SIGTERM mid-task: the worker abandons its lease explicitly (no expiry) and exits 0.
+    rescuer.start()
+    lease_file = cl.worker_dir(1) / "lease.json"
+    wt.wait_for(lambda: lease_file.exists(), 40, "the second worker to hold a lease", every=0.02)
+    time.sleep(0.3)
+    rescuer.signal(signal.SIGTERM)
+    rescuer.proc.wait(15)
+    assert rescuer.returncode == 0, wt.dump_logs(cl)
+    assert "abandoned lease" in rescuer.log_path.read_text()
+    st = cl.status()
+    assert st["leases_active"] == 0 and st["leases_expired"] == 1, st
+    # 3. Restarted, it trains the requeued shards; tasks outlast the lease, heartbeats keep them alive.
+    rescuer.start()
+    wt.wait_for(lambda: not rescuer.alive, 90, "the second worker to finish the run")
+    assert rescuer.returncode == 0, wt.dump_logs(cl)
+    st = cl.status()
+    assert st["done"] and st["updates_accepted"] == 2 and st["leases_expired"] == 1, st
+    rows = [r for r in read_task_logs(tmp_path / "workers") if r["worker"] == "w1" and r["accepted"]]
+    assert held["shard_id"] in [r["shard_id"] for r in rows]
+    assert max(r["train_s"] for r in rows) > LEASE_S  # measured: a task outlived its initial lease
+
+
+def test_worker_rides_out_a_coordinator_restart(cluster_factory, wt, tmp_path: Path) -> None:
+    cl = cluster_factory(tokens=50 * 5 * 8 * 32, workers=2)
+    cl.start_coordinator()
+    cl.wait_ready()
+    cl.start_workers()
+    wt.wait_for(lambda: cl.status()["updates_accepted"] >= 3, 40, "a few accepted updates")
+    cl.coordinator.signal(signal.SIGKILL)
+    cl.coordinator.proc.wait(5)
+    time.sleep(1.5)  # workers now hit connection errors and back off
+    assert all(w.alive for w in cl.workers), wt.dump_logs(cl)
+    cl.start_coordinator()
+    cl.wait_ready()
+    wt.wait_for(lambda: all(not w.alive for w in cl.workers), 60, "workers to finish after the restart")
+    assert [w.returncode for w in cl.workers] == [0, 0], wt.dump_logs(cl)
+    st = cl.status()
+    assert st["done"], st
+    logs = "".join(w.log_path.read_text() for w in cl.workers)
+    assert "retry" in logs  # they really saw the outage and retried
+    rows = read_task_logs(tmp_path / "workers")
+    # No task id is acknowledged twice, and the coordinator counted at least what workers saw accepted
+    # (an acceptance whose reply was lost in the crash shows up as a replay, not a second accept).
+    acc = [r["task_id"] for r in rows if r["accepted"]]
+    assert len(acc) == len(set(acc))
+    assert st["updates_accepted"] >= len([r for r in rows if r["outcome"].startswith("accepted v")])
