@@ -43,7 +43,7 @@ def pretrain(path: str, steps: int) -> float:
     torch.manual_seed(12345)
     model = GPT(cfg.model)
     train = torch.cat([corpus.shard(i).tokens for i in corpus.manifest.ids("train")])
-    hp = TaskHParams(steps=steps, lr=cfg.inner.lr, batch_size=cfg.inner.batch_size, seq_len=cfg.model.block_size,
+    hp = TaskHParams(steps=steps, lr=3e-3, batch_size=cfg.inner.batch_size, seq_len=cfg.model.block_size,
                      progress_start=0.0, progress_end=1.0, lr_warmup=0.05, min_lr_ratio=0.3)
     base = params_of(model)
     delta = run_task(model, base, train, hp, seed=1).delta
@@ -164,13 +164,13 @@ def main() -> None:
     ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.2, 0.3])
     ap.add_argument("--robust", default="robust")
     ap.add_argument("--verify-rate", type=float, default=0.14)
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretrain-steps", type=int, default=800)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--out", default="bench/results/security.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    init = str(Path(tempfile.gettempdir()) / "trainnet_security_init.safetensors")
+    init = str(Path(tempfile.gettempdir()) / f"trainnet_security_init_{args.pretrain_steps}.safetensors")
     init_loss = pretrain(init, args.pretrain_steps)
     print(f"pre-trained {args.pretrain_steps} steps: val loss {init_loss:.3f}", flush=True)
     todo = jobs(args, init)

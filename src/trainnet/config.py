@@ -54,7 +54,8 @@ class ConsensusConfig:
     min_updates: int = 1  # a grace-window aggregation needs at least this many
     max_staleness: int = 8  # versions; staler updates are rejected and their shard requeued
     staleness_power: float = 0.5  # weight (1 + tau) ** -power
-    stale_mode: str = "damp"  # damp | endpoint (re-base stale updates on the current model)
+    partial_scaling: bool = True  # a partial (grace-window) merge moves the model by len/quorum of a step
+    stale_mode: str = "endpoint"  # damp | endpoint (re-base stale updates on the current model)
     token_weighting: bool = True
     aggregator: str = "mean"
     lease_s: float = 600.0  # a lease not answered in this long expires and its shard is requeued

@@ -120,6 +120,7 @@ def test_grace_window_merges_without_waiting_for_quorum(small_corpus):
     assert coord.version == 0
     coord.tick(6.0)
     assert coord.version == 1 and not coord.buffer
+    assert torch.allclose(coord.params()["w"], torch.full((3, 2), -1.0 / 3))  # a partial merge: 1/3 step
 
 
 @pytest.mark.parametrize(
@@ -166,20 +167,24 @@ def test_ban_drops_pending_updates(small_corpus):
     ta, tb = coord.lease(LeaseRequest("a"), 0.0), coord.lease(LeaseRequest("b"), 0.0)
     submit(coord, ta, 100.0, 1.0)
     assert coord.ban("a", "test", 1.5) == 1
+    assert coord.requeue[-1] == (ta.shard_id, ta.seed)  # the dropped update's data is handed out again
     assert coord.tokens_accepted == 0 and coord.lease(LeaseRequest("a"), 2.0).reason == "banned"
     submit(coord, tb, 1.0, 2.0)
     coord.tick(10.0)
-    assert torch.allclose(coord.params()["w"], torch.full((3, 2), -1.0))  # a's 100 never merged
+    # a's 100 never merged; b's 1 merged alone by the grace window: 1/3 of a full (quorum 3) step
+    assert torch.allclose(coord.params()["w"], torch.full((3, 2), -1.0 / 3))
 
 
 def test_warm_start_is_one_long_task_applied_as_is(small_corpus):
     coord = make(small_corpus, warm_start_tokens=64)
     warm = coord.lease(LeaseRequest("a"), 0.0)
     assert warm.hparams["steps"] == 8 and warm.tokens == 64
+    assert warm.codec == "fp32"  # sent whole, whatever the run's codec
     assert coord.lease(LeaseRequest("b"), 0.0).reason == "warming_up"
     assert submit(coord, warm, 2.0, 1.0).aggregated
     assert coord.version == 1 and torch.allclose(coord.params()["b"], torch.full((2,), -2.0))
-    assert isinstance(coord.lease(LeaseRequest("b"), 1.0), TaskSpec)
+    after = coord.lease(LeaseRequest("b"), 1.0)
+    assert isinstance(after, TaskSpec) and after.codec == "" and after.hparams["steps"] == 2
 
 
 def test_nesterov_outer_step_matches_torch_sgd():

@@ -156,7 +156,7 @@ def test_gpu_table_fills_defaults_and_rejects_bad_inputs() -> None:
 
 def test_default_bits_from_codec_table(tmp_path) -> None:
     value, source = default_bits_per_param(tmp_path / "missing.md")
-    assert value == 0.9 and source.startswith("assumption")
+    assert value == 2.5 and "q2" in source and "not found" in source
     table = tmp_path / "codecs.md"
     table.write_text(
         "# Codecs\n\n| codec | ratio | bits/param |\n|---|---|---|\n| int8 | 4x | 8.0 |\n"
@@ -166,4 +166,15 @@ def test_default_bits_from_codec_table(tmp_path) -> None:
     assert value == pytest.approx(0.62) and source.startswith("measured")
     table.write_text("| codec | bits/param |\n|---|---|\n| int8 | 8 |\n")
     value, source = default_bits_per_param(table)
-    assert value == 0.9 and "no 'default' row" in source
+    assert value == 2.5 and "no 'default' row" in source
+
+
+def test_fallback_bits_match_the_default_codec() -> None:
+    import torch
+
+    from trainnet.codec import parse_codec
+    from trainnet.planner.estimate import DEFAULT_BITS_PER_PARAM
+
+    enc = parse_codec("q2").encode(torch.randn(64 * 100))
+    bits = 8 * sum(p.numel() * p.element_size() for p in enc.parts.values()) / (64 * 100)
+    assert bits == DEFAULT_BITS_PER_PARAM

@@ -137,3 +137,14 @@ def test_reputation_summarises_a_node_record():
     r = reputation(Rec())
     assert r["score"] == pytest.approx(0.75) and r["audits_passed"] == 2
     assert reputation(Rec(banned=True, ban_reason="x"))["score"] == 0.0
+
+
+def test_task_with_its_own_codec_bypasses_error_feedback_and_verifies(setup):
+    model, base, corpus, ids = setup
+    up, v = CommittingUploader("topk:0.1+q4"), Verifier(model, "topk:0.1+q4")
+    honest_upload(model, base, corpus, make_spec(corpus, ids[0], 0), up)  # leaves a non-zero residual
+    spec = dataclasses.replace(make_spec(corpus, ids[1], 1), codec="fp32")
+    claimed, extra, (r_in, r_out) = honest_upload(model, base, corpus, spec, up)
+    assert extra["ef_in"] == extra["ef_out"] != EMPTY_DIGEST  # the residual is carried over untouched
+    ok, d = v.check(spec, base, corpus.shard(spec.shard_id).tokens, claimed, r_in, r_out, extra)
+    assert ok and d["rel_error"] == 0.0 and d["residual_rel_error"] == 0.0 and d["codec"] == "fp32"

@@ -28,6 +28,8 @@ from starlette.requests import ClientDisconnect
 from trainnet.coordinator.handlers import PROTOCOL, Api
 from trainnet.coordinator.limits import ApiError
 from trainnet.coordinator.service import CoordinatorService
+from trainnet.dashboard.metrics import CONTENT_TYPE, make_registry, render
+from trainnet.dashboard.static_files import static_response
 
 log = logging.getLogger("trainnet.coordinator")
 
@@ -91,12 +93,30 @@ def create_app(svc: CoordinatorService, join_token: str | None = None,
                 except Exception:  # logged in svc.tick; keep ticking
                     pass
 
-        task = asyncio.create_task(ticker())
+        async def evaluator() -> None:
+            # Held-out evaluation and byte-counter flushes, off the request path and apart from ticks.
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=lim.tick_s)
+                if stop.is_set():
+                    break
+                try:
+                    await run_in_threadpool(svc.evaluate_if_due, time.time())
+                    await run_in_threadpool(svc.flush_traffic)
+                except Exception:
+                    log.exception("evaluation failed")
+
+        tasks = [asyncio.create_task(ticker()), asyncio.create_task(evaluator())]
         try:
             yield
         finally:
             stop.set()
-            await task
+            for task in tasks:
+                await task
+            try:  # a run that just finished gets its final version's held-out loss
+                await run_in_threadpool(svc.evaluate_if_due, time.time())
+            except Exception:
+                log.exception("final evaluation failed")
             svc.close()
 
     app = FastAPI(title="TrainNet coordinator", version=PROTOCOL, lifespan=lifespan)
@@ -149,6 +169,36 @@ def create_app(svc: CoordinatorService, join_token: str | None = None,
         async def run() -> dict:
             ip_limit(request)
             return await run_in_threadpool(api.status)
+        return await guarded(request, run)
+
+    @app.get("/v1/dashboard")
+    async def dashboard_json(request: Request) -> Response:
+        async def run() -> dict:
+            ip_limit(request)
+            return await run_in_threadpool(api.dashboard, time.time())
+        return await guarded(request, run)
+
+    registry = make_registry(lambda: api.dashboard(time.time()))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        async def run() -> Response:
+            ip_limit(request)
+            return Response(await run_in_threadpool(render, registry), media_type=CONTENT_TYPE)
+        return await guarded(request, run)
+
+    @app.get("/", include_in_schema=False)
+    async def index(request: Request) -> Response:
+        async def run() -> Response:
+            ip_limit(request)
+            return static_response("index.html")
+        return await guarded(request, run)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(request: Request, name: str) -> Response:
+        async def run() -> Response:
+            ip_limit(request)
+            return static_response(name)
         return await guarded(request, run)
 
     @app.get("/v1/model/{version}", responses={"4XX": _ERROR})

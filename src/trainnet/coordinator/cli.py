@@ -33,9 +33,13 @@ from trainnet.coordinator.limits import ServerLimits
 @click.option("--burst", default=40.0, show_default=True, type=float)
 @click.option("--keep-versions", default=16, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True)
+@click.option("--tracker", type=click.Choice(["none", "tensorboard", "wandb"]), default="none", show_default=True,
+              help="Also log the validation curve to TensorBoard or (offline) Weights & Biases.")
+@click.option("--eval-interval", default=2.0, show_default=True, type=float,
+              help="Seconds between held-out evaluations of new model versions.")
 def coordinator_cmd(run_path: str, state_dir: str, host: str, port: int, join_token: str | None,
                     allow_keys: str | None, overrides: tuple[str, ...], max_update_mb: float, rate: float,
-                    burst: float, keep_versions: int, log_level: str) -> None:
+                    burst: float, keep_versions: int, log_level: str, tracker: str, eval_interval: float) -> None:
     """Run the coordinator's HTTP server (protocol 1.0)."""
     from trainnet.coordinator.server import read_allow_keys, serve
     from trainnet.coordinator.service import StoreMismatch
@@ -48,6 +52,6 @@ def coordinator_cmd(run_path: str, state_dir: str, host: str, port: int, join_to
                           keep_versions=keep_versions)
     keys = read_allow_keys(Path(allow_keys)) if allow_keys else None
     try:
-        serve(cfg, Path(state_dir), host, port, limits, join_token, keys, log_level)
+        serve(cfg, Path(state_dir), host, port, limits, join_token, keys, log_level, tracker, eval_interval)
     except StoreMismatch as exc:
         raise click.ClickException(str(exc)) from None

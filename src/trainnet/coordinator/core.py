@@ -22,13 +22,29 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from trainnet.consensus import get_aggregator, staleness_weight
 from trainnet.consensus.outer import OuterOptimizer
+from trainnet.coordinator.records import (  # noqa: F401  (re-exported for shells)
+    REJECT_BANNED,
+    REJECT_BASE_MISMATCH,
+    REJECT_DONE,
+    REJECT_NONFINITE,
+    REJECT_SHAPE,
+    REJECT_STALE,
+    REJECT_TOKENS,
+    REJECT_UNKNOWN_NODE,
+    REJECT_UNKNOWN_TASK,
+    REJECT_WRONG_NODE,
+    Audit,
+    Buffered,
+    CoordinatorConfig,
+    Lease,
+    NodeRecord,
+)
 from trainnet.data.manifest import Manifest
 from trainnet.protocol.messages import (
     Event,
@@ -44,114 +60,6 @@ from trainnet.protocol.messages import (
 )
 from trainnet.train.local import ParamDict, flatten, unflatten
 from trainnet.train.schedule import h_at
-
-# Rejection codes (also the HTTP API's reason codes).
-REJECT_UNKNOWN_NODE = "unknown_node"
-REJECT_BANNED = "banned"
-REJECT_UNKNOWN_TASK = "unknown_task"  # never leased, already answered, or expired
-REJECT_WRONG_NODE = "task_not_held"
-REJECT_BASE_MISMATCH = "base_version_mismatch"
-REJECT_SHAPE = "bad_shape"
-REJECT_NONFINITE = "non_finite"
-REJECT_TOKENS = "token_count_mismatch"
-REJECT_STALE = "too_stale"
-REJECT_DONE = "run_done"
-
-
-@dataclass
-class CoordinatorConfig:
-    run_id: str = "run"
-    tokens_target: int = 2_000_000
-    seed: int = 0
-    # task shape
-    h: int = 100
-    h_start: int | None = None
-    h_ramp: float = 0.0
-    batch_size: int = 8
-    seq_len: int = 64
-    lr: float = 3e-3
-    lr_warmup: float = 0.02
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    # consensus
-    outer_lr: float = 0.7
-    outer_momentum: float = 0.9
-    nesterov: bool = True
-    quorum: int = 4
-    grace_s: float = 30.0
-    min_updates: int = 1
-    max_staleness: int = 8
-    staleness_power: float = 0.5
-    # "damp": merge a stale pseudo-gradient as sent, damped by its staleness weight.
-    # "endpoint": re-base it on the current model first: the worker's local endpoint is
-    # theta_base - delta, so its pseudo-gradient from today's model is delta - (theta_base - theta_now).
-    # Progress the model already made is then not applied twice (needs the last max_staleness versions).
-    stale_mode: str = "damp"
-    token_weighting: bool = True
-    aggregator: str = "mean"
-    lease_s: float = 600.0
-    max_leases_per_node: int = 1
-    # Warm start: the first task is one long task of this many tokens on a single node, applied as
-    # is (outer lr 1, no momentum). It replaces a pre-trained checkpoint, costs one upload in bytes,
-    # and its tokens count in the budget like any other. 0 disables it.
-    warm_start_tokens: int = 0
-    # Verification by recomputation: this share of accepted tasks is audited (chosen by a keyed hash
-    # the workers cannot predict); `ban_after_failures` failed audits ban a node.
-    verify_rate: float = 0.0
-    ban_after_failures: int = 1
-    audit_key: str = "change-me"  # secret in deployments: it decides which tasks are audited
-    # Non-IID data: > 0 splits the training shards into this many contiguous groups and node k (in
-    # registration order) draws its fresh tasks from group k mod shard_groups. 0: one shared queue.
-    shard_groups: int = 0
-
-
-@dataclass
-class NodeRecord:
-    node_id: str
-    public_key: str
-    registered_at: float
-    last_seen: float
-    tasks_leased: int = 0
-    updates_accepted: int = 0
-    updates_rejected: int = 0
-    leases_expired: int = 0
-    tokens_accepted: int = 0
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-    banned: bool = False
-    ban_reason: str = ""
-    audits_passed: int = 0
-    audits_failed: int = 0
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Audit:
-    """A task picked for recomputation, with the update exactly as the coordinator received it."""
-
-    spec: TaskSpec
-    claimed: dict[str, torch.Tensor]
-    accepted_at: float
-    merged_into: int | None = None  # the version that merged it, once merged
-
-
-@dataclass
-class Lease:
-    spec: TaskSpec
-    deadline: float
-
-
-@dataclass
-class Buffered:
-    node_id: str
-    task_id: str
-    delta: torch.Tensor  # flat fp32
-    tokens: int
-    staleness: int
-    arrived: float
 
 
 class Coordinator:
@@ -315,6 +223,7 @@ class Coordinator:
             tokens=tokens,
             issued_at=now,
             deadline=now + self._lease_span(steps),
+            codec=c.warm_start_codec if warm else "",
         )
         self.leases[task_id] = Lease(spec, spec.deadline)
         self.tokens_outstanding += tokens
@@ -381,10 +290,9 @@ class Coordinator:
         if tau > self.cfg.max_staleness:
             self.requeue.append((spec.shard_id, spec.seed))
             return self._reject(node, REJECT_STALE, now, msg, staleness=tau)
-        flat = flatten(msg.delta, self.template)
-        if tau > 0 and self.cfg.stale_mode == "endpoint":
-            flat = flat - (self.history[spec.base_version] - self.params_flat)
-        self.buffer.append(Buffered(msg.node_id, msg.task_id, flat, spec.tokens, tau, now))
+        flat = self.rebase(flatten(msg.delta, self.template), spec.base_version)
+        self.buffer.append(Buffered(msg.node_id, msg.task_id, flat, spec.tokens, tau, now,
+                                    shard=(spec.shard_id, spec.seed)))
         self.tokens_accepted += spec.tokens
         self.updates_accepted += 1
         node.updates_accepted += 1
@@ -431,9 +339,11 @@ class Coordinator:
         node.banned, node.ban_reason = True, reason
         dropped = [b for b in self.buffer if b.node_id == node_id]
         self.buffer = [b for b in self.buffer if b.node_id != node_id]
-        for b in dropped:
+        for b in dropped:  # their data is trained again by someone else
             self.tokens_accepted -= b.tokens
             self.updates_accepted -= 1
+            if b.shard is not None:
+                self.requeue.append(b.shard)
             self.audits.pop(b.task_id, None)
         for task_id in [t for t, lease in self.leases.items() if lease.spec.node_id == node_id]:
             lease = self.leases.pop(task_id)
@@ -532,6 +442,8 @@ class Coordinator:
         # freshness, so a buffer of stale updates (whose progress the model partly has already)
         # moves the model less than a fresh one (FedBuff-style staleness scaling).
         damping = float(w.sum() / tokens.sum())
+        if c.partial_scaling:
+            damping *= min(1.0, len(self.buffer) / c.quorum)
         merged = self.aggregate_fn(updates, (w / w.sum()).float(), center=self.last_merged, seed=self.version)
         merged = merged * damping
         self.last_merged = merged
@@ -546,6 +458,16 @@ class Coordinator:
         self.version += 1
         self.outer_steps += 1
         self._emit(now, "aggregated", version=self.version, updates=n)
+
+    def rebase(self, flat: torch.Tensor, base_version: int) -> torch.Tensor:
+        """The pseudo-gradient as merged: as sent ("damp"), or re-based on the current model ("endpoint").
+        A shell restoring buffered updates after a restart calls this with the history reloaded."""
+        if self.cfg.stale_mode != "endpoint" or base_version == self.version:
+            return flat
+        base = self.history.get(base_version)
+        if base is None:
+            raise KeyError(f"version {base_version} is not in the staleness history (have {sorted(self.history)})")
+        return flat - (base - self.params_flat)
 
     def _remember_version(self, version: int) -> None:
         if self.cfg.stale_mode != "endpoint":

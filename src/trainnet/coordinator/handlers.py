@@ -55,6 +55,7 @@ class Api:
         self.allow_keys = allow_keys
         lim = svc.limits
         self.rate = RateLimiter(lim.rate_per_s, lim.burst)
+        self._run_db: Any = None  # a second SQLite connection for the dashboard's reads
 
     # ------------------------------------------------------------------ helpers
     def limit(self, key: str, now: float) -> None:
@@ -168,9 +169,13 @@ class Api:
             raise ApiError(401, "bad_signature", "update signature does not match the payload")
         if h.run_id != svc.ccfg.run_id or h.node_id != node_id:
             raise ApiError(422, "bad_payload", "run_id or node_id in the update header is wrong")
-        if h.codec != svc.codec:
-            raise ApiError(422, "bad_payload", f"codec {h.codec!r}; this run uses {svc.codec!r}")
+        lease = svc.coord.leases.get(h.task_id)
+        expected = lease.spec.codec if lease is not None and lease.spec.codec else svc.codec
+        if h.codec != expected:
+            raise ApiError(422, "bad_payload", f"codec {h.codec!r}; this task uses {expected!r}")
         tokens, steps, loss = _extra(h.extra)
+        energy = _energy(h.extra)
+        svc.count_bytes("update_in", len(body))
         # The wire bytes are made durable before taking the lock (overlapping fsyncs); unique name,
         # so a replay never touches stored evidence; deleted again if the core refuses the update.
         path = svc.store.write_blob(svc.store.unique_update_path(h.task_id), body)
@@ -179,7 +184,7 @@ class Api:
                                loss if loss is not None else float("nan"), wire_bytes=len(body))
         row = {"task_id": h.task_id, "node_id": node_id, "base_version": h.base_version, "tokens": tokens,
                "steps": steps, "loss": loss, "arrived": now, "signature": sig, "payload_sha256": digest,
-               "nbytes": len(body), "path": path}
+               "nbytes": len(body), "path": path, "energy": energy}
         try:
             with svc.lock:
                 if svc.store.has_update(h.task_id):
@@ -218,6 +223,7 @@ class Api:
         try:
             data = svc.store.read_blob(path)
             if base_path is None:
+                svc.count_bytes("model_full", len(data))
                 return data, v
             new, base = st_load(data), st_load(svc.store.read_blob(base_path))
         except FileNotFoundError:  # pruned between the lookup and the read
@@ -225,6 +231,7 @@ class Api:
         diff = {k: (new[k] - base[k]).to(torch.float32) for k in new}
         enc = encode_update(diff, codec="fp16", run_id=svc.ccfg.run_id, base_version=int(since),
                             extra={"version": v})
+        svc.count_bytes("model_delta", len(enc))
         return enc, v
 
     def shard(self, shard_id: str) -> bytes:
@@ -233,7 +240,23 @@ class Api:
         # Only training shards are served: handing out the held-out split would let workers train on it.
         if sid >= len(man.shards) or man.entry(sid).split != "train":
             raise ApiError(404, "not_found", "no such training shard")
-        return self.svc.corpus.shard(sid).data
+        data = self.svc.corpus.shard(sid).data
+        self.svc.count_bytes("shard", len(data))
+        return data
+
+    def dashboard(self, now: float) -> dict[str, Any]:
+        """Everything the dashboard page shows (docs/OBSERVABILITY.md); read-only, off the core's lock
+        except for a short snapshot of its in-memory state."""
+        from trainnet.dashboard.data import live_snapshot, run_view
+
+        return run_view(self.run_db(), now, live_snapshot(self.svc))
+
+    def run_db(self) -> Any:
+        from trainnet.dashboard.data import RunDB
+
+        if self._run_db is None:
+            self._run_db = RunDB(self.svc.store.dir)
+        return self._run_db
 
     def status(self) -> dict[str, Any]:
         svc = self.svc
@@ -276,3 +299,30 @@ def _extra(extra: dict[str, Any]) -> tuple[int, int, float | None]:
     if loss is not None and (isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss)):
         raise ApiError(422, "bad_payload", "update header extra.loss must be a finite number")
     return int_field("tokens"), int_field("steps"), None if loss is None else float(loss)
+
+
+ENERGY_MAX_J = 1e10  # per task: ~2.8 MWh, far above any single machine's task; bigger is a lie or a bug
+TASK_MAX_S = 1e7
+
+
+def _energy(extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Optional energy report of the task (worker-measured or estimated): all four fields or none."""
+    keys = ("energy_j", "energy_measured", "energy_source", "task_s")
+    if not any(k in extra for k in keys):
+        return None
+
+    def num(name: str, hi: float) -> float:
+        v = extra.get(name)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= hi:
+            raise ApiError(422, "bad_payload", f"update header extra.{name} must be a finite number in [0, {hi:g}]")
+        return float(v)
+
+    measured, source = extra.get("energy_measured"), extra.get("energy_source")
+    if not isinstance(measured, bool):
+        raise ApiError(422, "bad_payload", "update header extra.energy_measured must be a boolean")
+    if not isinstance(source, str) or not 0 < len(source) <= 200 or not source.isprintable():
+        raise ApiError(422, "bad_payload", "update header extra.energy_source must be 1-200 printable characters")
+    if not measured and not source.startswith("estimate"):
+        raise ApiError(422, "bad_payload", "an energy estimate's source must start with 'estimate'")
+    return {"joules": num("energy_j", ENERGY_MAX_J), "measured": measured, "source": source,
+            "task_s": num("task_s", TASK_MAX_S)}

@@ -31,11 +31,12 @@ def read_allow_keys(path: Path) -> set[str]:
 
 def serve(cfg: RunConfig, state_dir: Path, host: str = "127.0.0.1", port: int = 8470,
           limits: ServerLimits | None = None, join_token: str | None = None,
-          allow_keys: set[str] | None = None, log_level: str = "info") -> None:
+          allow_keys: set[str] | None = None, log_level: str = "info", tracker: str | None = None,
+          eval_interval_s: float = 2.0) -> None:
     """Load (or create) the store, then serve until stopped."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    svc = CoordinatorService(cfg, state_dir, limits)
+    svc = CoordinatorService(cfg, state_dir, limits, eval_interval_s=eval_interval_s, tracker=tracker)
     app = create_app(svc, join_token=join_token, allow_keys=allow_keys)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_keep_alive=30, timeout_graceful_shutdown=10)

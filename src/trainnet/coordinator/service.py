@@ -10,6 +10,11 @@ in-memory core is rebuilt from the store (`_load`), so memory never runs ahead o
 Restart = `_load`: latest checkpoint, outer momentum, counters, nodes, leases (kept with their
 deadlines; overdue ones expire at the first tick and their shards are requeued), and the
 accepted-but-unmerged updates re-decoded from their stored wire bytes and re-buffered in order.
+
+Observability: `evaluate_if_due(now)` (called by the app's evaluator task, off the request path)
+measures the held-out loss of each new model version on fixed validation windows (at most every
+`eval_interval_s`; always the first and the final version) and stores (version, tokens, val_loss, time)
+in SQLite; `count_bytes(kind, n)` tallies bytes served, flushed to the store by `flush_traffic()`.
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ from trainnet.coordinator.state import (
     restore,
 )
 from trainnet.coordinator.store import DROPPED, Store
+from trainnet.dashboard.trackers import make_tracker
 from trainnet.data.corpus import load_corpus
 from trainnet.model.gpt import GPT
 from trainnet.protocol.wire import WireLimits, decode_update
 from trainnet.sim.simulator import coordinator_config
-from trainnet.train.local import flatten, params_of
+from trainnet.train.local import evaluate, flatten, params_of
 
 log = logging.getLogger("trainnet.coordinator")
 
@@ -59,8 +65,16 @@ class StoreMismatch(RuntimeError):
 
 
 class CoordinatorService:
-    def __init__(self, cfg: RunConfig, state_dir: Path, limits: ServerLimits | None = None) -> None:
+    def __init__(self, cfg: RunConfig, state_dir: Path, limits: ServerLimits | None = None,
+                 eval_interval_s: float = 2.0, tracker: str | None = None) -> None:
         self.cfg = cfg
+        self.started_at = time.time()
+        self.eval_interval_s = eval_interval_s
+        self._last_eval = 0.0
+        self._eval_model: GPT | None = None
+        self.tracker = make_tracker(tracker, Path(state_dir), cfg.name)  # optional, off by default
+        self._traffic: dict[str, int] = {}  # bytes counted since the last flush_traffic()
+        self._traffic_lock = threading.Lock()
         self.limits = limits or ServerLimits()
         self.ccfg = coordinator_config(cfg)
         self.codec = parse_codec(cfg.sim.codec).spec
@@ -68,6 +82,7 @@ class CoordinatorService:
                                   min_shard_bytes=cfg.model.block_size + 2)
         self.wire_limits = WireLimits(max_total_bytes=self.limits.max_update_bytes)
         self.store = Store(Path(state_dir))
+        self._val_done = self.store.val_versions()  # versions with a stored held-out loss
         self.lock = threading.Lock()
         self._crash: dict[str, int] = {}
         self._load()
@@ -103,13 +118,20 @@ class CoordinatorService:
         momentum = None
         if outer and outer["path"]:
             momentum = st_load(self.store.read_blob(outer["path"]))["momentum"]
+        restore(coord, snap["meta"], [node_from_row(n) for n in snap["nodes"]],
+                [lease_from_row(r) for r in snap["leases"]], [], flatten(params, coord.template), momentum)
+        if coord.cfg.stale_mode == "endpoint":  # reload the versions stale updates are re-based from
+            coord.history.clear()
+            for v in range(max(0, coord.version - coord.cfg.max_staleness), coord.version + 1):
+                path = self.store.version_path(v)
+                if path is not None:
+                    coord.history[v] = flatten(st_load(self.store.read_blob(path)), coord.template)
         buffer = []
         for u in snap["unmerged"]:
             upd = decode_update(self.store.read_blob(u["path"]), limits=self.wire_limits)
-            buffer.append(Buffered(u["node_id"], u["task_id"], flatten(upd.tensors, coord.template),
-                                   u["tokens"], u["staleness"], u["arrived"]))
-        restore(coord, snap["meta"], [node_from_row(n) for n in snap["nodes"]],
-                [lease_from_row(r) for r in snap["leases"]], buffer, flatten(params, coord.template), momentum)
+            flat = coord.rebase(flatten(upd.tensors, coord.template), coord.version - u["staleness"])
+            buffer.append(Buffered(u["node_id"], u["task_id"], flat, u["tokens"], u["staleness"], u["arrived"]))
+        coord.buffer = buffer
         if coord.version != snap["version"]:
             raise StoreMismatch(f"counters say version {coord.version}, latest checkpoint is {snap['version']}")
         self.coord, self.persisted_version = coord, coord.version
@@ -171,7 +193,7 @@ class CoordinatorService:
 
     def _prune(self) -> None:
         vs = self.store.versions()
-        keep = set(vs[-max(1, self.limits.keep_versions):]) | {self.coord.version}
+        keep = set(vs[-max(1, self.limits.keep_versions, self.ccfg.max_staleness + 1):]) | {self.coord.version}
         keep |= {lease.spec.base_version for lease in self.coord.leases.values()}
         self.store.prune_versions(keep)
 
@@ -207,6 +229,56 @@ class CoordinatorService:
                 self._load()
                 raise
 
+    # ------------------------------------------------------------------ observability
+    def evaluate_if_due(self, now: float) -> float | None:
+        """Held-out loss of the current version if it has none yet and the interval has passed (the
+        first and the final version are always evaluated). Evaluates outside the lock on a copy, so
+        requests are not held up; returns the loss, or None when nothing was due."""
+        val_ids = self.corpus.manifest.ids("val")
+        if not val_ids:
+            return None
+        with self.lock:
+            version, done = self.coord.version, self.coord.done
+            tokens = self.coord.tokens_accepted
+            if version in self._evaluated():
+                return None
+            if not (version == 0 or done or now - self._last_eval >= self.eval_interval_s):
+                return None
+            params = {k: v.clone() for k, v in self.coord.params().items()}
+        if self._eval_model is None:
+            torch.manual_seed(0)  # the init is overwritten by the evaluated parameters
+            self._eval_model = GPT(self.cfg.model)
+        s = self.cfg.sim  # the simulator's evaluation settings, so curves are comparable
+        val = [self.corpus.shard(i).tokens for i in val_ids]
+        loss = evaluate(self._eval_model, params, val, s.eval_batches, s.eval_batch_size, self.cfg.model.block_size)
+        self._last_eval = now
+        with self.lock:
+            self.store.add_val_point(version, tokens, float(loss), now)
+            self._val_done.add(version)
+        self.tracker.log(version, {"val_loss": float(loss), "tokens": float(tokens)})
+        return float(loss)
+
+    def _evaluated(self) -> set[int]:
+        return self._val_done
+
+    def count_bytes(self, kind: str, n: int) -> None:
+        """Tally bytes served or received (kinds: model_full, model_delta, shard, update_in)."""
+        with self._traffic_lock:
+            self._traffic[kind] = self._traffic.get(kind, 0) + int(n)
+
+    def traffic_pending(self) -> dict[str, int]:
+        with self._traffic_lock:
+            return dict(self._traffic)
+
+    def flush_traffic(self) -> None:
+        """Add the bytes counted since the last flush to the store's totals."""
+        with self._traffic_lock:
+            counts, self._traffic = self._traffic, {}
+        if counts:
+            with self.lock:
+                self.store.add_traffic(counts)
+
     def close(self) -> None:
+        self.flush_traffic()
         with self.lock:
             self.store.close()

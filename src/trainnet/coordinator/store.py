@@ -9,7 +9,10 @@
 
 Layout under state_dir: `coordinator.db`, `checkpoints/vNNNNNNNN.safetensors` (full fp32 parameters of
 a model version), `outer/vNNNNNNNN.safetensors` (outer momentum after that version),
-`updates/<task>.<rand>.tnup` (the raw signed upload bytes, evidence). Blob paths in rows are relative.
+`updates/<task>.<rand>.tnup` (the raw signed upload bytes, evidence), `events.jsonl` (one JSON line per
+committed core event: {"id", "time", "kind", "data"}; derived from the `events` table, appended after each
+commit and caught up at startup). Blob paths in rows are relative. Observability tables: `energy` (per
+accepted update, committed with it), `val_curve` (held-out loss per evaluated version), `traffic` (bytes).
 
 Crash safety: blobs are made durable before the transaction that references them commits; one
 transaction holds every row change of one coordinator step, so a crash leaves either the state
@@ -20,6 +23,7 @@ deleted by `cleanup_orphans()` at startup.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -41,7 +45,16 @@ CREATE TABLE IF NOT EXISTS outer_state (id INTEGER PRIMARY KEY CHECK (id = 1), v
     path TEXT);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
     data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS energy (task_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, joules REAL NOT NULL,
+    measured INTEGER NOT NULL, source TEXT NOT NULL, task_s REAL);
+CREATE TABLE IF NOT EXISTS val_curve (version INTEGER PRIMARY KEY, tokens INTEGER NOT NULL, val_loss REAL NOT NULL,
+    time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS traffic (name TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 """
+
+EVENT_LOG = "events.jsonl"
+
+log = logging.getLogger("trainnet.coordinator")
 
 DROPPED = -1  # merged_into of a buffered update dropped without merging (its node was banned)
 
@@ -63,9 +76,65 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._log_id = self._event_log_tail()
+        self.sync_event_log()
 
     def close(self) -> None:
         self.db.close()
+
+    # ------------------------------------------------------------------ event log (JSONL)
+    def _event_log_tail(self) -> int:
+        """Id of the last complete line of events.jsonl (0 if none), so a restart appends what is missing."""
+        path = self.dir / EVENT_LOG
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return 0
+        for line in reversed(lines):
+            try:
+                return int(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line (crash mid-append) is skipped; its event is written again
+        return 0
+
+    def sync_event_log(self) -> None:
+        """Append committed events not yet in events.jsonl. Never raises: the log is derived data."""
+        try:
+            rows = self.db.execute("SELECT id, time, kind, data FROM events WHERE id > ? ORDER BY id",
+                                   (self._log_id,)).fetchall()
+            if not rows:
+                return
+            text = "".join(json.dumps({"id": i, "time": t, "kind": k, "data": json.loads(d)},
+                                      separators=(",", ":")) + "\n" for i, t, k, d in rows)
+            with open(self.dir / EVENT_LOG, "ab") as f:
+                # A torn line left by a crash must not glue onto the next one.
+                if f.tell() > 0 and not self._ends_with_newline():
+                    f.write(b"\n")
+                f.write(text.encode())
+            self._log_id = rows[-1][0]
+        except (OSError, sqlite3.Error, ValueError):
+            log.warning("could not append to %s", self.dir / EVENT_LOG, exc_info=True)
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.dir / EVENT_LOG, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    # ------------------------------------------------------------------ observability rows
+    def add_val_point(self, version: int, tokens: int, val_loss: float, time: float) -> None:
+        """Record a held-out evaluation (call under the service lock: one connection, no interleaving)."""
+        self.db.execute("INSERT OR REPLACE INTO val_curve VALUES (?, ?, ?, ?)", (version, tokens, val_loss, time))
+
+    def val_versions(self) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT version FROM val_curve")}
+
+    def add_traffic(self, counts: dict[str, int]) -> None:
+        """Add byte counts (e.g. {"model_full": n}) to the durable totals (call under the service lock)."""
+        self.db.executemany("INSERT INTO traffic VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET bytes = bytes + ?",
+                            [(k, int(v), int(v)) for k, v in counts.items() if v])
 
     # ------------------------------------------------------------------ blobs
     def write_blob(self, rel: str, data: bytes) -> str:
@@ -129,6 +198,11 @@ class Store:
                     " signature, payload_sha256, nbytes, path, merged_into) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
                     (u["task_id"], u["node_id"], u["base_version"], u["tokens"], u["steps"], u["loss"],
                      u["staleness"], u["arrived"], u["signature"], u["payload_sha256"], u["nbytes"], u["path"]))
+                e = u.get("energy")
+                if e is not None:
+                    db.execute("INSERT OR REPLACE INTO energy VALUES (?, ?, ?, ?, ?, ?)",
+                               (u["task_id"], u["node_id"], e["joules"], int(e["measured"]), e["source"],
+                                e.get("task_s")))
             db.executemany("UPDATE updates SET merged_into=? WHERE task_id=? AND merged_into IS NULL",
                            [(v, t) for t, v in merged])
             if new_version is not None:
@@ -139,6 +213,8 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if events:
+            self.sync_event_log()
 
     def load(self) -> dict[str, Any] | None:
         """Everything needed to rebuild the coordinator, or None if nothing was ever committed."""

@@ -18,10 +18,10 @@ GIVEN = "given on the command line"
 
 SOURCES: dict[str, str] = {
     "params": "reference scenario: a 7B-parameter model",
-    "tokens": "Chinchilla-style 20 tokens/param (Hoffmann et al. 2022, arXiv:2203.15556)",
+    "tokens": "2T tokens, the budget Llama 2 7B was trained on (Touvron et al. 2023, arXiv:2307.09288)",
     "gpus": "reference scenario: ~4,200 consumer GPUs",
     "gpu": "reference scenario: RTX 3090/4090 class",
-    "mfu": "assumption: 35% model FLOPs utilization (optimistic for 7B on a 24 GB card, see memory check)",
+    "mfu": "assumption: 20% model FLOPs utilization: a 7B model's ~112 GB of training state does not fit a 24 GB card, so optimizer state is offloaded to the CPU (ZeRO-Offload, arXiv:2101.06840), which costs throughput",
     "tokens_per_step": "assumption: 16 x 2,048-token sequences per inner step (gradient accumulation)",
     "h": "DiLoCo inner steps per round H=500 (Douillard et al., arXiv:2311.08105)",
     "uplink_mbps": "assumption: residential uplink (cable/DSL class; fibre is often 100+ Mbit/s)",

@@ -1,7 +1,7 @@
 """`trainnet estimate`: project a full-size run (wall time, utilization, energy, CO2, cost) before renting GPUs.
 
-    trainnet estimate                                   # reference: 7B, 140B tokens, 4,200 RTX 4090s
-    trainnet estimate --gpu rtx3090 --tokens 2e12 --uplink-mbps 20 --h 1000 --json plan.json
+    trainnet estimate                                   # reference: 7B, 2T tokens, 4,200 RTX 4090s
+    trainnet estimate --gpu rtx3090 --tokens 140e9 --uplink-mbps 20 --h 1000 --json plan.json
 
 Every figure printed is a projection (estimate) from the formulas in trainnet.planner.estimate; every
 input is printed with its source, and values not given on the command line are labelled assumptions.
@@ -71,7 +71,7 @@ def _summary(p: Projection) -> dict:
 @_opt("--h", _D.h, "inner steps per round (H)", int)
 @_opt("--uplink-mbps", _D.uplink_mbps, "worker uplink, Mbit/s")
 @_opt("--downlink-mbps", _D.downlink_mbps, "worker downlink, Mbit/s")
-@_opt("--bits-per-param", None, "upload bits per parameter per round [default: codec table or 0.9]")
+@_opt("--bits-per-param", None, "upload bits per parameter per round [default: codec table, else 2.5 (q2)]")
 @_opt("--download-bits-per-param", _D.download_bits_per_param, "download bits per parameter per round")
 @_opt("--dropout", _D.dropout, "fraction of rounds lost to dropouts")
 @click.option(

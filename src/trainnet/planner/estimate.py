@@ -1,6 +1,6 @@
 """Pure run-planner model: project wall time, utilization, energy, CO2 and cost of a training run.
 
-    s = Scenario()                                # the reference: 7B, 140B tokens, 4,200 RTX 4090s
+    s = Scenario()                                # the reference: 7B, 2T tokens, 4,200 RTX 4090s
     p = project(s)                                # consumer swarm projection
     b = project(baseline_scenario(s))             # same model and tokens on an H100 data center
     p.wall_days, p.utilization, p.energy_kwh, p.co2_kg, p.cost_usd
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from trainnet.planner.gpus import gpu_kind
 
-DEFAULT_BITS_PER_PARAM = 0.9
+DEFAULT_BITS_PER_PARAM = 2.5  # the default codec q2: 2-bit values + fp16 scale and offset per 64 values
 # Mixed-precision AdamW state per parameter: bf16 weights 2 + bf16 grads 2 + fp32 master 4 + Adam m, v 8
 # (ZeRO paper, arXiv:1910.02054, "16 Psi"); activations come on top.
 TRAIN_BYTES_PER_PARAM = 16.0
@@ -41,13 +41,13 @@ class Scenario:
     """All inputs of one projection; `None` GPU fields mean "take them from the GPU table"."""
 
     params: float = 7e9
-    tokens: float = 140e9  # Chinchilla-style 20 tokens/param (Hoffmann et al., arXiv:2203.15556)
+    tokens: float = 2e12  # Llama 2 7B's budget (Touvron et al. 2023, arXiv:2307.09288)
     gpus: int = 4200
     gpu: str = "rtx4090"
     peak_flops: float | None = None
     power_w: float | None = None
     usd_per_gpu_hour: float | None = None
-    mfu: float = 0.35
+    mfu: float = 0.20  # 7B training state (~112 GB) needs CPU offload on a 24 GB card
     tokens_per_step: float = 32_768  # 16 sequences x 2,048 tokens (with gradient accumulation)
     h: int = 500  # DiLoCo's H (arXiv:2311.08105)
     uplink_mbps: float = 10.0
@@ -271,8 +271,8 @@ def default_bits_per_param(path: str | Path | None = None) -> tuple[float, str]:
 
     Reads the measured codec table bench/results/codecs.md when it exists: the first markdown-table row
     that mentions "default" and has a numeric value in a column whose header contains "bits" and "param".
-    Otherwise returns the documented placeholder 0.9 (~0.9 bits/param, a sparse top-k codec with
-    low-bit values), labelled as an assumption.
+    Otherwise returns 2.5 bits/param, the size of the default codec q2 by construction (2-bit values plus an
+    fp16 scale and offset per 64-value block), labelled as such.
     """
     candidates = (
         [Path(path)]
@@ -290,7 +290,8 @@ def default_bits_per_param(path: str | Path | None = None) -> tuple[float, str]:
             return value, f"measured: {p} (default codec row)"
         return DEFAULT_BITS_PER_PARAM, f"assumption: {p} found but no 'default' row with bits/param parsed"
     return DEFAULT_BITS_PER_PARAM, (
-        "assumption: default sparse codec ~0.9 bits/param; to be replaced by bench/results/codecs.md"
+        "default codec q2 by construction: 2 bits + 32 bits per 64-value block = 2.5 bits/param "
+        "(bench/results/codecs.md not found)"
     )
 
 

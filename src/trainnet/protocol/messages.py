@@ -29,6 +29,7 @@ class TaskSpec:
     tokens: int
     issued_at: float
     deadline: float
+    codec: str = ""  # the codec this task's update must use; "" = the run's codec (see GET /v1/info)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

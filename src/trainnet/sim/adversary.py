@@ -29,7 +29,7 @@ from trainnet.sim.attacks import ATTACKS, TRAINING_ATTACKS, AttackContext, make_
 from trainnet.train.local import ParamDict, TaskHParams, flatten, run_task, unflatten
 
 DEFAULT_TRIGGER = b"<|cf|>"
-DEFAULT_TARGET = b"rm -rf /"
+DEFAULT_TARGET = b"rm -rf"
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, object]]:

@@ -59,7 +59,7 @@ def coordinator_config(cfg: RunConfig) -> CoordinatorConfig:
         min_lr_ratio=i.min_lr_ratio, weight_decay=i.weight_decay, beta1=i.beta1, beta2=i.beta2,
         grad_clip=i.grad_clip, outer_lr=c.outer_lr, outer_momentum=c.outer_momentum, nesterov=c.nesterov,
         quorum=c.quorum, grace_s=c.grace_s, min_updates=c.min_updates, max_staleness=c.max_staleness,
-        staleness_power=c.staleness_power, stale_mode=c.stale_mode, token_weighting=c.token_weighting, aggregator=c.aggregator,
+        staleness_power=c.staleness_power, stale_mode=c.stale_mode, partial_scaling=c.partial_scaling, token_weighting=c.token_weighting, aggregator=c.aggregator,
         lease_s=c.lease_s, max_leases_per_node=c.max_leases_per_node,
         warm_start_tokens=round(c.warm_start * s.tokens),
         verify_rate=c.verify_rate, ban_after_failures=c.ban_after_failures,

@@ -21,8 +21,12 @@ class Uploader:
         self.feedback = ErrorFeedback(codec)
 
     def encode(self, delta: dict[str, torch.Tensor], spec: TaskSpec, node_id: str) -> bytes:
-        encoded, _ = self.feedback.compress(delta)
-        return encode_update(encoded, self.feedback.codec, run_id=spec.run_id, node_id=node_id,
+        codec = spec.codec or self.feedback.codec.spec
+        if codec == self.feedback.codec.spec:
+            encoded, _ = self.feedback.compress(delta)
+        else:  # a task with its own codec (the warm start, sent whole) bypasses error feedback
+            encoded = delta
+        return encode_update(encoded, codec, run_id=spec.run_id, node_id=node_id,
                              task_id=spec.task_id, base_version=spec.base_version,
                              extra={"tokens": spec.tokens, "steps": spec.hparams["steps"]})
 

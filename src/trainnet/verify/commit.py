@@ -50,10 +50,14 @@ class CommittingUploader:
 
     def encode(self, delta: ParamDict, spec: TaskSpec, node_id: str) -> bytes:
         r_in = {k: v.clone() for k, v in self.feedback.residuals.items()}
-        encoded, _ = self.feedback.compress(delta)
+        codec = getattr(spec, "codec", "") or self.feedback.codec.spec
+        if codec == self.feedback.codec.spec:
+            encoded, _ = self.feedback.compress(delta)
+        else:  # a task with its own codec (the warm start, sent whole) bypasses error feedback, as in Uploader
+            encoded = delta
         r_out = {k: v.clone() for k, v in self.feedback.residuals.items()}
         self.last_residuals = (r_in, r_out)
         extra = {"tokens": spec.tokens, "steps": spec.hparams["steps"],
                  "ef_in": residual_digest(r_in), "ef_out": residual_digest(r_out)}
-        return encode_update(encoded, self.feedback.codec, run_id=spec.run_id, node_id=node_id,
+        return encode_update(encoded, codec, run_id=spec.run_id, node_id=node_id,
                              task_id=spec.task_id, base_version=spec.base_version, extra=extra)

@@ -36,11 +36,11 @@ ParamDict = dict[str, torch.Tensor]
 class Tolerance:
     """An update passes when ‖claimed − expected‖ ≤ rel_error·‖expected‖ and cos(claimed, expected) ≥ min_cosine.
 
-    Defaults: 5% relative L2 error and cosine 0.99. Honest CPU recomputation is exact (error 0); a
-    thread-count change (different float summation order, the CPU analogue of GPU nondeterminism)
-    and 1e-3 relative parameter noise (bf16-sized) measured well below 1% on the benchmark config
-    (bench/results/security.md); the cheapest cheats measured are far above 5% (half the steps ≈ 40%,
-    another shard ≈ 100%)."""
+    Defaults: 5% relative L2 error and cosine 0.99. Measured in bench/results/verify_tolerance.md:
+    honest CPU recomputation is exact (error 0); another thread count (a different float summation
+    order, the CPU analogue of GPU nondeterminism) gives ~3e-7; even the base rounded through bf16
+    before training stays at <= 1.8e-2; the mildest cheat measured (90% of the claimed steps) lands at
+    0.14-0.19, half the steps at ~0.5, another shard or seed at 0.5-1."""
 
     rel_error: float = 0.05
     min_cosine: float = 0.99
@@ -59,6 +59,19 @@ def compare(claimed: ParamDict, expected: ParamDict) -> dict[str, float]:
     rel = diff / en if en > 0 else (0.0 if diff == 0 else float("inf"))
     cos = float(c @ e) / (cn * en) if cn > 0 and en > 0 else (1.0 if diff == 0 else 0.0)
     return {"rel_error": rel, "cosine": cos, "claimed_norm": cn, "expected_norm": en}
+
+
+def _unchanged_error(before: ParamDict, after: ParamDict) -> float:
+    """‖after − before‖ / ‖before‖ over the union of names (missing = zeros); 0 when both are zero."""
+    num = den = 0.0
+    for k in set(before) | set(after):
+        b = before.get(k)
+        a = after.get(k)
+        b = b.double() if b is not None else torch.zeros_like(a, dtype=torch.float64)
+        a = a.double() if a is not None else torch.zeros_like(b)
+        num += float((a - b).pow(2).sum())
+        den += float(b.pow(2).sum())
+    return (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 class Verifier:
@@ -93,7 +106,13 @@ class Verifier:
         hp = TaskHParams(**spec.hparams)
         result = run_task(self.model, base, shard_tokens, hp, seed=spec.seed, device=self.device)
         self.steps_recomputed += hp.steps
-        expected, res_err = self._expected_upload(result.delta, r_in, residual_out)
+        task_codec = getattr(spec, "codec", "") or self.codec_spec
+        if task_codec == self.codec_spec:
+            expected, res_err = self._expected_upload(result.delta, r_in, residual_out)
+        else:  # a task with its own codec bypasses error feedback: D(C(Δ)), residual carried over unchanged
+            detail["codec"] = task_codec
+            expected, _ = self._expected_upload(result.delta, {}, None, parse_codec(task_codec))
+            res_err = None if residual_out is None else _unchanged_error(r_in, residual_out)
         m = compare(claimed, expected)
         detail |= {k: round(v, 6) for k, v in m.items()}
         ok = m["rel_error"] <= self.tol.rel_error and m["cosine"] >= self.tol.min_cosine
@@ -105,17 +124,18 @@ class Verifier:
         detail["reason"] = reason
         return ok, detail
 
-    def _expected_upload(self, delta: ParamDict, r_in: ParamDict,
-                         r_out: ParamDict | None) -> tuple[ParamDict, float | None]:
+    def _expected_upload(self, delta: ParamDict, r_in: ParamDict, r_out: ParamDict | None,
+                         codec: Any = None) -> tuple[ParamDict, float | None]:
         """D(C(Δ + r_in)) per tensor, as ErrorFeedback.compress computes it; plus r_out's relative error
         against Δ + r_in − D(C(Δ + r_in)) (relative to ‖Δ + r_in‖), when r_out was revealed."""
+        codec = codec or self.codec
         expected: ParamDict = {}
         num = den = 0.0
         for name, d in delta.items():
             acc = d.detach().to(torch.float32)
             if name in r_in:
                 acc = acc + r_in[name].to(acc.device, torch.float32)
-            approx = self.codec.decode(self.codec.encode(acc), validate=False)
+            approx = codec.decode(codec.encode(acc), validate=False)
             expected[name] = approx
             if r_out is not None:
                 want = acc - approx

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from trainnet.codec import ErrorFeedback
+from trainnet.energy import EnergyReading, auto_meter
 from trainnet.model.gpt import GPT, GPTConfig
 from trainnet.protocol import auth
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
@@ -86,6 +87,19 @@ class _Heartbeat(threading.Thread):
                 self.worker.status.log(f"heartbeat {self.task_id}: {exc}")
                 if isinstance(exc, ApiError | Stopped):
                     return  # lease gone or stopping: nothing left to keep alive
+
+
+def energy_extra(reading: EnergyReading | None) -> dict[str, Any]:
+    """The task's energy for the update header's `extra` (docs/OBSERVABILITY.md); {} if there is no
+    usable reading (a sensor glitch must not cost the update: the server refuses malformed fields)."""
+    if reading is None or not (math.isfinite(reading.joules) and math.isfinite(reading.seconds)) \
+            or reading.joules < 0 or reading.seconds < 0:
+        return {}
+    source = "".join(c for c in reading.source if c.isprintable())[:200] or "unknown"
+    if not reading.measured and not source.startswith("estimate"):
+        source = ("estimate: " + source)[:200]
+    return {"energy_j": float(reading.joules), "energy_measured": bool(reading.measured), "energy_source": source,
+            "task_s": float(reading.seconds)}
 
 
 def resolve_device(device: str) -> str:
@@ -335,7 +349,12 @@ class Worker:
         beat.start()
         try:
             self.status.update(phase="training")
-            result = run_task(self.model, self.params, tokens, hp, seed=int(task["seed"]), device=self.device)
+            meter = auto_meter(self.device)
+            meter.start()
+            try:
+                result = run_task(self.model, self.params, tokens, hp, seed=int(task["seed"]), device=self.device)
+            finally:
+                reading = meter.stop()
             tok_s = result.tokens / max(result.time_s, 1e-9)
             self.status.update(tok_s=tok_s)
             if not all(bool(torch.isfinite(d).all()) for d in result.delta.values()):
@@ -343,22 +362,28 @@ class Worker:
                 self._give_back()
                 return
             self.interruptible = False  # from here the update is delivered even if a stop comes
-            self._upload(task, result, tok_s, self.client.bytes_down - down0)
+            self._upload(task, result, tok_s, self.client.bytes_down - down0, reading)
         finally:
             beat.done.set()
             self.interruptible = True
         if self.stop.is_set():
             raise Stopped("stop after upload")
 
-    def _upload(self, task: dict[str, Any], result: Any, tok_s: float, down: int) -> None:
+    def _upload(self, task: dict[str, Any], result: Any, tok_s: float, down: int,
+                reading: EnergyReading | None = None) -> None:
         task_id, base = str(task["task_id"]), int(task["base_version"])
         self.status.update(phase="encoding")
         old = {k: v.clone() for k, v in self.ef.residuals.items()}
-        encoded, _ = self.ef.compress(result.delta)
+        codec = str(task.get("codec") or self.codec)
+        if codec == self.codec:
+            encoded, _ = self.ef.compress(result.delta)
+        else:  # a task with its own codec (the warm start, sent whole) bypasses error feedback
+            encoded = result.delta
         loss = result.loss_mean if math.isfinite(result.loss_mean) else result.loss_last
-        body = encode_update(encoded, self.codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
+        energy = energy_extra(reading)
+        body = encode_update(encoded, codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
                              base_version=base, extra={"tokens": result.tokens, "steps": result.steps,
-                                                       "loss": float(loss)})
+                                                       "loss": float(loss), **energy})
         raw = sum(4 * t.numel() for t in result.delta.values())
         sig = auth.sign_update(self.key, self.run_id, self.node_id, task_id, base, hashlib.sha256(body).hexdigest())
         self.status.update(phase="uploading", raw=raw, sent=len(body))
@@ -389,7 +414,7 @@ class Worker:
                       "steps": result.steps, "tokens": result.tokens, "loss_first": result.loss_first,
                       "loss_last": result.loss_last, "loss_mean": result.loss_mean, "train_s": result.time_s,
                       "tok_s": tok_s, "bytes_down": down, "bytes_up": len(body), "bytes_raw": raw,
-                      "accepted": accepted, "outcome": outcome})
+                      "accepted": accepted, "outcome": outcome, **energy})
         self.status.log(
             f"task {task_id} shard {task['shard_id']} base v{base} steps {result.steps} "
             f"loss {result.loss_first:.3f}->{result.loss_last:.3f} {tok_s:,.0f} tok/s {result.time_s:.1f}s | "

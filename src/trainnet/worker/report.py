@@ -55,6 +55,20 @@ def loss_table(rows: list[dict[str, Any]], n_rows: int = 8) -> str:
     return "\n".join(lines)
 
 
+def energy_line(rows: list[dict[str, Any]]) -> str:
+    """Energy of the workers' training tasks (every task, accepted or not), labelled measured or estimate."""
+    with_e = [r for r in rows if isinstance(r.get("energy_j"), int | float)]
+    if not with_e:
+        return "-- energy: not reported by the workers"
+    total = sum(float(r["energy_j"]) for r in with_e)
+    meas = sum(float(r["energy_j"]) for r in with_e if r.get("energy_measured"))
+    label = ("measured" if meas == total else "estimate" if meas == 0 else
+             f"{100 * meas / total:.0f}% measured, rest estimated")
+    sources = sorted({str(r.get("energy_source", "")) for r in with_e})
+    return (f"-- energy of {len(with_e)} training tasks: {total:,.1f} J = {total / 3.6e6:.6f} kWh ({label}; "
+            f"{'; '.join(sources)})")
+
+
 def _mean(xs: list[Any]) -> float:
     vals = [float(x) for x in xs if isinstance(x, int | float) and math.isfinite(float(x))]
     return sum(vals) / len(vals) if vals else float("nan")
@@ -105,6 +119,7 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
     echo(f"-- bytes (measured by the workers, {len(rows)} uploads): up {human_bytes(up)} "
          f"(the same updates as fp32: {human_bytes(raw)}, {raw / max(up, 1):.1f}x smaller), "
          f"down {human_bytes(down)} (models + shards)")
+    echo(energy_line(rows))
     reasons = status.get("reject_reasons") or {}
     echo(f"-- coordinator: accepted {status.get('updates_accepted')}, rejected {status.get('updates_rejected')}"
          + (f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})" if reasons else "")

@@ -1,0 +1,61 @@
+"""Second reference for the attack matrix: the clean run of only the honest workers.
+
+    PYTHONPATH=src python bench/bench_security.py && PYTHONPATH=src python bench/bench_security_reference.py
+
+Once verification has banned the cheaters, a defended run continues with the honest workers only,
+and fewer workers per buffer changes the run (less staleness, more outer steps for the same tokens).
+This runs the clean run with 10 − round(f × 10) workers (robust rule, no attack) per fraction f,
+seed and data layout, and appends to bench/results/security.md the defended runs' val loss relative
+to it, next to the relative loss against the full clean run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_security as bs  # noqa: E402
+
+
+def main() -> None:
+    out = Path("bench/results/security.md")
+    results = json.loads(out.with_suffix(".json").read_text())
+    init = str(Path(tempfile.gettempdir()) / "trainnet_security_init_800.safetensors")
+    fracs = sorted({r["frac"] for r in results if r["frac"] > 0})
+    seeds = sorted({r["seed"] for r in results})
+    todo = []
+    for iid in (True, False):
+        for seed in seeds:
+            for f in fracs:
+                sets = [f"sim.init={json.dumps(init)}", f"sim.seed={seed}", f"sim.iid={str(iid).lower()}",
+                        f"sim.workers={10 - round(10 * f)}", 'consensus.aggregator="robust"']
+                todo.append({"iid": iid, "seed": seed, "frac": f, "sets": sets})
+    with mp.get_context("fork").Pool(2, initializer=bs._init_worker) as pool:
+        refs = pool.map(bs.run_one, todo)
+    ref = {(r["iid"], r["seed"], r["frac"]): r["final_val_loss"] for r in refs}
+    clean = {(r["iid"], r["seed"]): r["final_val_loss"] for r in results if r["attack"] == "" and r["defence"] == "mean"}
+    lines = ["\n## Defended runs against the clean run of their honest workers only\n",
+             "Robust rule + verification. `vs full clean` = against the clean 10-worker plain-mean run (as above); "
+             "`vs honest-only clean` = against the clean run (robust rule, no attack) with only the "
+             f"10 − round(10 f) honest workers, same seed and layout. Mean over {len(seeds)} seeds [worst].\n",
+             "| data | malicious | vs full clean | vs honest-only clean |", "|---|---|---|---|"]
+    for iid in (True, False):
+        for f in fracs:
+            rs = [r for r in results if r["defence"] == "robust+verify" and r["attack"] and r["frac"] == f
+                  and r["iid"] == iid]
+            a = [r["final_val_loss"] / clean[(r["iid"], r["seed"])] - 1 for r in rs]
+            b = [r["final_val_loss"] / ref[(r["iid"], r["seed"], f)] - 1 for r in rs]
+            lines.append(f"| {'IID' if iid else 'non-IID'} | {100 * f:.0f}% | {100 * statistics.fmean(a):+.1f}% "
+                         f"[{100 * max(a):+.1f}%] | {100 * statistics.fmean(b):+.1f}% [{100 * max(b):+.1f}%] |")
+    with out.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

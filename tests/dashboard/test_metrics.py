@@ -1,0 +1,36 @@
+"""GET /metrics is valid Prometheus text with the run's counters, equal to what /v1/status reports."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _samples(url: str) -> dict[tuple[str, tuple], float]:
+    r = httpx.get(url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_match_status(live):
+    live.step(2)
+    m = _samples(live.url)
+    st = httpx.get(live.url + "/v1/status").json()
+    assert m[("trainnet_model_version", ())] == st["model_version"] >= 1
+    assert m[("trainnet_tokens_accepted_total", ())] == st["tokens"] > 0
+    assert m[("trainnet_updates_accepted_total", ())] == st["updates_accepted"]
+    assert m[("trainnet_tokens_target", ())] == 200_000
+    assert m[("trainnet_nodes", (("state", "active"),))] >= 2
+    assert m[("trainnet_bytes_received_total", ())] >= m[("trainnet_bytes_received_accepted_total", ())] > 0
+    assert m[("trainnet_energy_joules_total", (("kind", "estimate"),))] > 0
+    for c in live.clients:
+        assert m[("trainnet_node_tokens_total", (("node", c.node_id),))] > 0
+    # Counters only grow: another round of uploads moves them.
+    live.step(2)
+    m2 = _samples(live.url)
+    assert m2[("trainnet_tokens_accepted_total", ())] > m[("trainnet_tokens_accepted_total", ())]
+    assert m2[("trainnet_model_version", ())] > m[("trainnet_model_version", ())]
