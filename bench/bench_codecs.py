@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from simrunner import cpu_model  # bench/ is the script directory
 
 from trainnet.codec import parse_codec
 from trainnet.protocol.wire import decode_update, encode_update
@@ -38,16 +39,6 @@ def make_params(seed: int = 0) -> dict[str, torch.Tensor]:
                    f"blocks.{i}.mlp.fc.weight": (2048, 512), f"blocks.{i}.mlp.proj.weight": (512, 2048),
                    f"blocks.{i}.ln1.weight": (512,), f"blocks.{i}.ln2.weight": (512,)}
     return {k: torch.randn(s, generator=g) * 1e-3 for k, s in shapes.items()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeats: int) -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from simrunner import cpu_model  # bench/ is the script directory
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -123,16 +124,6 @@ async def run_level(url: str, n: int, seconds: float, tmp: Path, info: dict, sha
             "mb_per_s": stats["bytes"] / wall / 1e6, "lease_p50_ms": statistics.median(lat),
             "lease_p95_ms": lat[int(0.95 * (len(lat) - 1))], "leases": len(lat),
             "rejected": len(stats["rejected"]), "version": st["model_version"]}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ class SimConfig:
     eval_every: int = 10  # outer steps between validation evaluations
     eval_batches: int = 8
     eval_batch_size: int = 32
-    codec: str = "fp32"
+    codec: str = "q2"  # update codec (the default: 2-bit blockwise, see bench/results/codecs.md)
     threads: int = 0  # torch threads (0: torch default)
     # Attacks (sim/adversary.py): an attack spec from trainnet.sim.attacks ("" = none), the share of
     # workers that run it, and the data layout: iid = false gives every node its own contiguous block

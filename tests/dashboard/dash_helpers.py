@@ -46,7 +46,8 @@ class LiveRun:
         self.tmp = tmp
         self.run_toml = make_run(tmp, tokens=tokens)
         self.state = tmp / "state"
-        self.server = ServerProc(self.run_toml, self.state, free_port())
+        # rate limiting has its own tests; here one client uploads many times a second on purpose
+        self.server = ServerProc(self.run_toml, self.state, free_port(), extra=["--rate", "0"])
         self.server.wait_ready()
         self.url = self.server.url
         self.clients = [Client(self.url, tmp / f"key{i}") for i in range(2)]

@@ -18,7 +18,7 @@ def tiny_config(make_tiny_config):
 
 
 def test_async_run_accounts_measured_bytes_and_tokens(small_corpus, tiny_config):
-    cfg = tiny_config()
+    cfg = tiny_config(**{"sim.codec": '"fp32"'})
     r = simulate(cfg, corpus=small_corpus)
     task_tokens = 5 * 4 * 32
     assert r["tokens"] >= cfg.sim.tokens and r["tokens"] % task_tokens == 0
@@ -81,3 +81,11 @@ def test_cli_bad_override_is_a_clear_error():
 def test_cli_bad_data_path_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(main, ["simulate", "--quiet", "--data", str(tmp_path)])
     assert res.exit_code != 0 and str(tmp_path) in res.output
+
+
+def test_default_codec_compresses_uploads(small_corpus, tiny_config):
+    cfg = tiny_config()
+    assert cfg.sim.codec == "q2"
+    r = simulate(cfg, corpus=small_corpus)
+    # 2-bit values + fp16 scale and offset per 64 = 2.5 bits per parameter, plus a small header per upload
+    assert r["uploads"] * r["params"] * 2.5 / 8 < r["bytes_up_total"] < r["uploads"] * (r["params"] * 2.5 / 8 + 8192)

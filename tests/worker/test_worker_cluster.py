@@ -16,7 +16,7 @@ TASK_TOKENS = 5 * 8 * 32  # h * batch * seq
 
 
 def test_three_workers_finish_a_run_and_sample_prints_text(cluster_factory, wt, tmp_path: Path) -> None:
-    cl = cluster_factory(tokens=12 * TASK_TOKENS, workers=3)
+    cl = cluster_factory(tokens=20 * TASK_TOKENS, workers=3)
     cl.start_coordinator()
     info = cl.wait_ready()
     assert info["codec"] == "topk:0.1+q4"
@@ -24,7 +24,7 @@ def test_three_workers_finish_a_run_and_sample_prints_text(cluster_factory, wt, 
     wt.wait_for(lambda: all(not w.alive for w in cl.workers), 75, "all workers to exit")
     assert [w.returncode for w in cl.workers] == [0, 0, 0], wt.dump_logs(cl)
     st = cl.status()
-    assert st["done"] and st["tokens"] >= 12 * TASK_TOKENS, st
+    assert st["done"] and st["tokens"] >= 20 * TASK_TOKENS, st
     assert st["model_version"] >= 1
     # Every worker-side record of an acceptance matches the coordinator's count: nothing lost or doubled.
     rows = read_task_logs(tmp_path / "workers")

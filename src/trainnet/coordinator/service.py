@@ -86,6 +86,8 @@ class CoordinatorService:
         self.lock = threading.Lock()
         self._crash: dict[str, int] = {}
         self._load()
+        if self.coord.version == 0:  # the curve starts at the initial model, before any worker can move it
+            self.evaluate_if_due(time.time())
         self._crash = self._parse_crash(os.environ.get(CRASH_ENV, ""))  # armed after startup
 
     # ------------------------------------------------------------------ build / restore

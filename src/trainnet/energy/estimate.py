@@ -21,9 +21,15 @@ DEFAULT_GPU_POWER_W = 300.0
 
 
 def process_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its waited-for children (os.times)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    """User + system CPU seconds of this process and its waited-for children. getrusage has microsecond
+    resolution; os.times counts 10 ms clock ticks, which reads 0 for a short task."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class CpuEstimateMeter(EnergyMeter):

@@ -18,7 +18,7 @@ import torch
 from trainnet.config import RunConfig
 from trainnet.data.corpus import Corpus, load_corpus
 from trainnet.model.gpt import GPT
-from trainnet.train.local import evaluate, params_of, sample_batch
+from trainnet.train.local import evaluate, make_inner_optimizer, params_of, sample_batch
 from trainnet.train.schedule import lr_at
 
 
@@ -35,12 +35,7 @@ def run_sync(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     n_params = sum(p.numel() for p in model.parameters())
     val_tokens = [corpus.shard(i).tokens for i in corpus.manifest.ids("val")]
     train_ids = corpus.manifest.ids("train")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": inner.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=inner.lr, betas=(inner.beta1, inner.beta2), foreach=True,
-    )
+    opt = make_inner_optimizer(model, inner.lr, inner.weight_decay, inner.beta1, inner.beta2)
     W, B, T, H = s.workers, inner.batch_size, cfg.model.block_size, cfg.consensus.h
     tokens_per_step = W * B * T
     steps = max(1, round(s.tokens / tokens_per_step))

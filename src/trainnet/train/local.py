@@ -93,6 +93,17 @@ def load_params(model: nn.Module, params: ParamDict) -> None:
             p.copy_(params[name])
 
 
+def make_inner_optimizer(model: nn.Module, lr: float, weight_decay: float, beta1: float, beta2: float
+                         ) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases), as nanoGPT."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(beta1, beta2), foreach=True,
+    )
+
+
 def run_task(
     model: nn.Module,
     base_params: ParamDict,
@@ -107,14 +118,7 @@ def run_task(
     model.to(device)
     load_params(model, base_params)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=hp.lr,
-        betas=(hp.beta1, hp.beta2),
-        foreach=True,
-    )
+    opt = make_inner_optimizer(model, hp.lr, hp.weight_decay, hp.beta1, hp.beta2)
     gen = torch.Generator().manual_seed(seed)
     tokens = tokens.to(device) if tokens.device != torch.device(device) else tokens
     losses = []
