@@ -82,31 +82,24 @@ def create_app(svc: CoordinatorService, join_token: str | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
 
-        async def ticker() -> None:
+        async def every(interval: float, step: Callable[[], None], what: str) -> None:
+            # A background loop off the request path that stops with the app (bounded by `stop`).
             while not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=lim.tick_s)
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
                 if stop.is_set():
                     break
                 try:
-                    await run_in_threadpool(svc.tick, time.time())
-                except Exception:  # logged in svc.tick; keep ticking
-                    pass
-
-        async def evaluator() -> None:
-            # Held-out evaluation and byte-counter flushes, off the request path and apart from ticks.
-            while not stop.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=lim.tick_s)
-                if stop.is_set():
-                    break
-                try:
-                    await run_in_threadpool(svc.evaluate_if_due, time.time())
-                    await run_in_threadpool(svc.flush_traffic)
+                    await run_in_threadpool(step)
                 except Exception:
-                    log.exception("evaluation failed")
+                    log.exception("%s failed", what)
 
-        tasks = [asyncio.create_task(ticker()), asyncio.create_task(evaluator())]
+        def evaluate() -> None:  # held-out evaluation and byte-counter flushes, apart from ticks
+            svc.evaluate_if_due(time.time())
+            svc.flush_traffic()
+
+        tasks = [asyncio.create_task(every(lim.tick_s, lambda: svc.tick(time.time()), "tick")),
+                 asyncio.create_task(every(lim.tick_s, evaluate, "evaluation"))]
         try:
             yield
         finally:

@@ -447,17 +447,21 @@ class Coordinator:
         merged = self.aggregate_fn(updates, (w / w.sum()).float(), center=self.last_merged, seed=self.version)
         merged = merged * damping
         self.last_merged = merged
-        self.params_flat = self.outer.step(self.params_flat, merged)
-        self._remember_version(self.version + 1)
+        self._commit_version(self.outer.step(self.params_flat, merged), now, "aggregated")
+
+    def _commit_version(self, params: torch.Tensor, now: float, kind: str) -> None:
+        """The buffer is merged: install the new parameters as the next version and empty the buffer."""
         n = len(self.buffer)
+        self.params_flat = params
+        self.version += 1
+        self.outer_steps += 1
         self.updates_merged += n
         for b in self.buffer:
             if b.task_id in self.audits:
-                self.audits[b.task_id].merged_into = self.version + 1
+                self.audits[b.task_id].merged_into = self.version
         self.buffer = []
-        self.version += 1
-        self.outer_steps += 1
-        self._emit(now, "aggregated", version=self.version, updates=n)
+        self._remember_version(self.version)
+        self._emit(now, kind, version=self.version, updates=n)
 
     def rebase(self, flat: torch.Tensor, base_version: int) -> torch.Tensor:
         """The pseudo-gradient as merged: as sent ("damp"), or re-based on the current model ("endpoint").
@@ -478,13 +482,7 @@ class Coordinator:
 
     def _apply_warm_start(self, now: float) -> None:
         (b,) = self.buffer
-        self.params_flat = self.params_flat - b.delta
-        self._remember_version(self.version + 1)
-        self.updates_merged += 1
-        self.buffer = []
-        self.version += 1
-        self.outer_steps += 1
-        self._emit(now, "warm_start_applied", version=self.version, tokens=b.tokens)
+        self._commit_version(self.params_flat - b.delta, now, "warm_start_applied")
 
     def _finish(self, now: float) -> bool:
         merged = False

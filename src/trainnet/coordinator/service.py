@@ -49,7 +49,7 @@ from trainnet.coordinator.state import (
 )
 from trainnet.coordinator.store import DROPPED, Store
 from trainnet.dashboard.trackers import make_tracker
-from trainnet.data.corpus import load_corpus
+from trainnet.data.corpus import load_run_corpus
 from trainnet.model.gpt import GPT
 from trainnet.protocol.wire import WireLimits, decode_update
 from trainnet.sim.simulator import coordinator_config
@@ -78,8 +78,7 @@ class CoordinatorService:
         self.limits = limits or ServerLimits()
         self.ccfg = coordinator_config(cfg)
         self.codec = parse_codec(cfg.sim.codec).spec
-        self.corpus = load_corpus(cfg.data.path, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes,
-                                  min_shard_bytes=cfg.model.block_size + 2)
+        self.corpus = load_run_corpus(cfg)
         self.wire_limits = WireLimits(max_total_bytes=self.limits.max_update_bytes)
         self.store = Store(Path(state_dir))
         self._val_done = self.store.val_versions()  # versions with a stored held-out loss

@@ -15,10 +15,14 @@ import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainnet.data.manifest import Manifest, ShardEntry, sha256_hex
+
+if TYPE_CHECKING:
+    from trainnet.config import RunConfig
 
 _SEPARATOR = b"\n\n"
 _BINARY_PROBE = 8192
@@ -170,3 +174,10 @@ def load_corpus(
             f"(needs at least {min_shard_bytes}); add data or raise data.shard_bytes"
         )
     return Corpus(shards, source=source, val_every=val_every)
+
+
+def load_run_corpus(cfg: RunConfig) -> Corpus:
+    """The corpus a run config names (`data.*`), its shards checked against the model's context length.
+    The simulator, the sync baseline, the coordinator and the demo report all load it this way."""
+    d = cfg.data
+    return load_corpus(d.path, d.shard_bytes, d.val_every, d.max_bytes, min_shard_bytes=cfg.model.block_size + 2)

@@ -26,7 +26,7 @@ import torch
 
 from trainnet.config import RunConfig
 from trainnet.coordinator.core import Coordinator, CoordinatorConfig
-from trainnet.data.corpus import Corpus, load_corpus
+from trainnet.data.corpus import Corpus, load_run_corpus
 from trainnet.model.gpt import GPT
 from trainnet.protocol.messages import LeaseRequest, NoTask, Register, TaskSpec, UpdateSubmission
 from trainnet.protocol.wire import decode_update
@@ -96,8 +96,7 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
-    corpus = corpus or load_corpus(cfg.data.path, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes,
-                                   min_shard_bytes=cfg.model.block_size + 2)
+    corpus = corpus or load_run_corpus(cfg)
     model = GPT(cfg.model)
     if s.init:  # a local file named by the user (safetensors: no pickle)
         from safetensors.torch import load_file

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainnet.config import RunConfig
-from trainnet.data.corpus import Corpus, load_corpus
+from trainnet.data.corpus import Corpus, load_run_corpus
 from trainnet.model.gpt import GPT
 from trainnet.train.local import evaluate, make_inner_optimizer, params_of, sample_batch
 from trainnet.train.schedule import lr_at
@@ -29,8 +29,7 @@ def run_sync(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
-    corpus = corpus or load_corpus(cfg.data.path, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes,
-                                   min_shard_bytes=cfg.model.block_size + 2)
+    corpus = corpus or load_run_corpus(cfg)
     model = GPT(cfg.model)
     n_params = sum(p.numel() for p in model.parameters())
     val_tokens = [corpus.shard(i).tokens for i in corpus.manifest.ids("val")]

@@ -93,12 +93,12 @@ def _save_final_model(cluster: Any, out: Path, info: dict[str, Any]) -> tuple[Pa
 
 def _heldout_loss(run_toml: Path, ckpt: Path) -> float:
     from trainnet.config import load_config
-    from trainnet.data.corpus import load_corpus
+    from trainnet.data.corpus import load_run_corpus
     from trainnet.model.sample import load_checkpoint
     from trainnet.train.local import evaluate, params_of
 
     cfg = load_config(run_toml)
-    corpus = load_corpus(cfg.data.path, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes)
+    corpus = load_run_corpus(cfg)
     model, mcfg = load_checkpoint(ckpt)
     val = [corpus.shard(i).tokens for i in corpus.manifest.ids("val")]
     return evaluate(model, params_of(model), val, batches=8, batch_size=16, seq_len=mcfg.block_size)
