@@ -1,6 +1,7 @@
 """Second reference for the attack matrix: the clean run of only the honest workers.
 
     PYTHONPATH=src python bench/bench_security.py && PYTHONPATH=src python bench/bench_security_reference.py
+    PYTHONPATH=src python bench/bench_security_reference.py --data corpus.txt --pretrain-steps 400   # same options
 
 Once verification has banned the cheaters, a defended run continues with the honest workers only,
 and fewer workers per buffer changes the run (less staleness, more outer steps for the same tokens).
@@ -18,29 +19,42 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_security as bs  # noqa: E402
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pretrain-steps", type=int, default=400)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--procs", type=int, default=2)
+    args = ap.parse_args()
+    data_sets = [f"data.path={json.dumps(args.data)}"] if args.data else []
     out = Path("bench/results/security.md")
     results = json.loads(out.with_suffix(".json").read_text())
-    init = str(Path(tempfile.gettempdir()) / "trainnet_security_init_800.safetensors")
+    init = str(Path(tempfile.gettempdir()) / f"trainnet_security_init_{args.pretrain_steps}.safetensors")
+    init_loss = bs.pretrain(init, args.pretrain_steps, data_sets)
     fracs = sorted({r["frac"] for r in results if r["frac"] > 0})
     seeds = sorted({r["seed"] for r in results})
     todo = []
     for iid in (True, False):
         for seed in seeds:
             for f in fracs:
-                sets = [f"sim.init={json.dumps(init)}", f"sim.seed={seed}", f"sim.iid={str(iid).lower()}",
+                sets = data_sets + [f"sim.init={json.dumps(init)}", f"sim.seed={seed}", f"sim.iid={str(iid).lower()}",
                         f"sim.workers={10 - round(10 * f)}", 'consensus.aggregator="robust"']
                 todo.append({"iid": iid, "seed": seed, "frac": f, "sets": sets})
-    with mp.get_context("fork").Pool(2, initializer=bs._init_worker) as pool:
+    with mp.get_context("spawn").Pool(args.procs, initializer=bs._init_worker) as pool:
         refs = pool.map(bs.run_one, todo)
     ref = {(r["iid"], r["seed"], r["frac"]): r["final_val_loss"] for r in refs}
     clean = {(r["iid"], r["seed"]): r["final_val_loss"] for r in results if r["attack"] == "" and r["defence"] == "mean"}
     lines = ["\n## Defended runs against the clean run of their honest workers only\n",
              "Robust rule + verification. `vs full clean` = against the clean 10-worker plain-mean run (as above); "
+             f"the honest-only references ran on {bs._machine()}, torch {torch.__version__}, from a pre-train "
+             f"with val loss {init_loss:.3f}; "
              "`vs honest-only clean` = against the clean run (robust rule, no attack) with only the "
              f"10 − round(10 f) honest workers, same seed and layout. Mean over {len(seeds)} seeds [worst].\n",
              "| data | malicious | vs full clean | vs honest-only clean |", "|---|---|---|---|"]

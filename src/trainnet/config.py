@@ -37,6 +37,10 @@ class InnerConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # "auto" (bf16 autocast on CUDA, else fp32), "fp32" or "bf16". A run that verifies tasks pins "auto" to
+    # fp32: a CPU verifier replays fp32, and bf16 GPU work differs from it by more than the tolerance
+    # (bench/results/verify_gpu.md); "bf16" with verification needs a GPU verifier.
+    precision: str = "auto"
 
 
 @dataclass
@@ -64,7 +68,12 @@ class ConsensusConfig:
     # Verification by recomputation (docs/SECURITY.md): share of accepted tasks re-executed by a verifier,
     # failed audits that ban a node, and the comparison tolerance (relative L2 error, cosine).
     verify_rate: float = 0.0
+    # Probation: a node's first verify_probation accepted updates are always audited (when verify_rate > 0),
+    # so a node that cheats from its first task is banned at once, and so is every fresh Sybil identity.
+    verify_probation: int = 1
     ban_after_failures: int = 1
+    # The simulator's audit secret ("": a fixed default); the server makes a random one per run.
+    audit_key: str = ""
     verify_rel_error: float = 0.05
     verify_min_cosine: float = 0.99
 

@@ -219,3 +219,20 @@ def test_endpoint_mode_rebases_stale_updates(small_corpus):
 def test_unknown_stale_mode_is_refused(small_corpus):
     with pytest.raises(ValueError, match="stale_mode"):
         make(small_corpus, stale_mode="magic")
+
+
+@pytest.mark.parametrize("probation", [0, 1, 2])
+def test_probation_audits_each_nodes_first_updates(small_corpus, probation):
+    """With verify_probation = k every node's first k accepted updates are audited; later ones follow
+    verify_rate (here so small that no keyed draw selects them). verify_rate 0 audits nothing."""
+    coord = make(small_corpus, quorum=3, verify_rate=1e-12, verify_probation=probation)
+    audited = {n: [] for n in "ab"}
+    for r in range(3):
+        for n in "ab":
+            t = coord.lease(LeaseRequest(n), float(r))
+            assert submit(coord, t, 0.1, float(r)).accepted
+            audited[n].append(t.task_id in coord.audits)
+    assert audited == {n: [i < probation for i in range(3)] for n in "ab"}
+    off = make(small_corpus, verify_rate=0.0, verify_probation=2)
+    t = off.lease(LeaseRequest("a"), 0.0)
+    assert submit(off, t, 0.1, 0.0).accepted and not off.audits

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from trainnet.cli import main
@@ -109,3 +110,30 @@ def test_cli_attack_flags_write_security_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["config"]["consensus"]["aggregator"] == "median" and data["config"]["sim"]["iid"] is False
     assert data["honest_banned"] == 0 and data["cheaters_banned"] == 1 and "security:" in res.output
+
+
+def test_backdoor_boost_scales_the_poisoned_update(small_corpus):
+    """backdoor:boost=k (model replacement) sends k times the update trained on the poisoned shard."""
+    from trainnet.protocol.messages import TaskSpec
+    from trainnet.train.local import TaskHParams
+
+    model = GPT(make_model_cfg())
+    base = params_of(model)
+    sid = small_corpus.manifest.ids("train")[0]
+    hp = TaskHParams(steps=2, lr=3e-3, batch_size=4, seq_len=32)
+    spec = TaskSpec("r", "t0", "w000", 0, sid, small_corpus.manifest.entry(sid).sha256,
+                    small_corpus.manifest.root_hash, 3, hp.to_dict(), 2 * 4 * 32, 0.0, 1e9)
+    plain = Adversary("backdoor:rate=0.5", workers=4, malicious=1.0, quorum=2, seed=0, corpus=small_corpus)
+    boosted = Adversary("backdoor:rate=0.5,boost=3", workers=4, malicious=1.0, quorum=2, seed=0, corpus=small_corpus)
+    d1, steps1 = plain.update(model, spec, base, 0)
+    d3, steps3 = boosted.update(model, spec, base, 0)
+    assert steps1 == steps3 == 2
+    for k in base:
+        assert torch.allclose(d3[k], 3 * d1[k], rtol=1e-5, atol=1e-7)
+    assert any(float(v.abs().max()) > 0 for v in d1.values())
+
+
+def make_model_cfg():
+    from trainnet.model.gpt import GPTConfig
+
+    return GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)

@@ -50,9 +50,12 @@ def krum_scores(dists: torch.Tensor, idx: torch.Tensor, f: int) -> torch.Tensor:
 
 def _resolve_f(f: int | None, n: int, name: str, need: str, ok) -> int:
     if f is None:
+        # Auto: the largest f the bound allows; 0 when n is too small for any (a grace-window merge of
+        # one or two updates), where the rule degrades to a plain (weighted) average of what it has.
         f = 0
         while ok(n, f + 1):
             f += 1
+        return f
     if f < 0:
         raise ValueError(f"{name}: f must be >= 0, got {f}")
     if not ok(n, f):

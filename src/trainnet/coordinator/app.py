@@ -6,7 +6,9 @@
 Handlers read raw bodies (signatures cover the exact bytes), validate them strictly, and run the
 core plus the durable commit in a worker thread. Every refusal is `{"error": CODE, "detail": ...}`
 with a 4xx status; an unexpected exception is logged and answered 503 `server_error`, never 500.
-A background task calls `coord.tick(now)` every `limits.tick_s` seconds until shutdown.
+Background loops (one `every(...)` helper) until shutdown: `coord.tick(now)` every `limits.tick_s`
+seconds; held-out evaluation and byte-counter flushes; and the verifier (`svc.verify_due`, audits.py),
+which fails overdue reveals and recomputes ready audits off the request lock.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def create_app(svc: CoordinatorService, join_token: str | None = None,
             svc.flush_traffic()
 
         tasks = [asyncio.create_task(every(lim.tick_s, lambda: svc.tick(time.time()), "tick")),
-                 asyncio.create_task(every(lim.tick_s, evaluate, "evaluation"))]
+                 asyncio.create_task(every(lim.tick_s, evaluate, "evaluation")),
+                 asyncio.create_task(every(lim.tick_s, lambda: svc.verify_due(time.time()), "verification"))]
         try:
             yield
         finally:
@@ -149,6 +152,17 @@ def create_app(svc: CoordinatorService, join_token: str | None = None,
         "requestBody": {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}},
         "responses": {"4XX": _ERROR}})
+
+    @app.post("/v1/audit/{task_id}/residuals", openapi_extra={
+        "parameters": _SIG_HEADERS,
+        "requestBody": {"required": True, "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"4XX": _ERROR}})
+    async def reveal(request: Request, task_id: str) -> Response:
+        async def run() -> dict:
+            body = await _read_body(request, api.reveal_limit())
+            return await run_in_threadpool(api.reveal, task_id, request.headers, body, time.time())
+        return await guarded(request, run)
 
     @app.get("/v1/info")
     async def info(request: Request) -> Response:

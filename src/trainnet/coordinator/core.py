@@ -207,6 +207,7 @@ class Coordinator:
             "beta1": c.beta1,
             "beta2": c.beta2,
             "grad_clip": c.grad_clip,
+            "precision": c.precision,
         }
         task_id = f"t{self.task_counter:07d}"
         self.task_counter += 1
@@ -298,7 +299,10 @@ class Coordinator:
         node.updates_accepted += 1
         node.tokens_accepted += spec.tokens
         self._emit(now, "update_accepted", node_id=msg.node_id, task_id=msg.task_id, staleness=tau)
-        if self._audit_selected(spec.task_id):
+        # Probation: a node's first regular updates are always audited (the warm start, a task with its
+        # own codec, is too large for that and follows verify_rate).
+        probation = not spec.codec and node.updates_accepted <= self.cfg.verify_probation
+        if self._audit_selected(spec.task_id, probation):
             self.audits[spec.task_id] = Audit(spec, msg.delta, now)
             self._emit(now, "audit_requested", node_id=msg.node_id, task_id=spec.task_id)
         aggregated = False
@@ -381,9 +385,11 @@ class Coordinator:
     def _lease_span(self, steps: int) -> float:
         return self.cfg.lease_s * max(1.0, steps / self.cfg.h)  # lease_s is for an H-step task
 
-    def _audit_selected(self, task_id: str) -> bool:
+    def _audit_selected(self, task_id: str, probation: bool = False) -> bool:
         if self.cfg.verify_rate <= 0:
             return False
+        if probation:
+            return True
         digest = hashlib.sha256(f"{self.cfg.audit_key}:{self.cfg.seed}:{task_id}".encode()).digest()
         return int.from_bytes(digest[:8], "little") / 2**64 < self.cfg.verify_rate
 

@@ -3,6 +3,7 @@
     api = Api(service, join_token="secret", allow_keys={"<hex pubkey or node id>", ...})
     api.register(headers, body, now) -> dict      # raises ApiError(status, code, detail) on refusal
     api.lease(headers, body, now); api.submit(headers, body, now); api.model("latest", None)
+    api.reveal(task_id, headers, body, now)      # an audited task's error-feedback residuals
 
 app.py maps these to routes; every refusal is an ApiError whose status follows docs/PROTOCOL.md.
 """
@@ -13,12 +14,14 @@ import dataclasses
 import hashlib
 import hmac
 import math
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
 
+from trainnet.coordinator.audits import CHAIN_BAN_REASON, TASK_ID_RE, commitments, parse_residuals
 from trainnet.coordinator.core import REJECT_BANNED, REJECT_UNKNOWN_NODE
 from trainnet.coordinator.limits import ApiError, RateLimiter, check_info, parse_json_object
 from trainnet.coordinator.service import CoordinatorService
@@ -31,10 +34,18 @@ from trainnet.protocol.auth import (
     verify_request,
     verify_update,
 )
-from trainnet.protocol.messages import Heartbeat, LeaseRequest, NoTask, Register, UpdateSubmission
+from trainnet.protocol.messages import (
+    Heartbeat,
+    LeaseRequest,
+    NoTask,
+    Register,
+    SubmitReply,
+    UpdateSubmission,
+)
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
+from trainnet.verify import reputation
 
-PROTOCOL = "1.0"
+PROTOCOL = "1.1"  # 1.1: residual commitments (ef_in/ef_out), audit replies, POST /v1/audit/{task}/residuals
 # Core reject reasons -> HTTP status (docs/PROTOCOL.md, "HTTP API").
 REASON_STATUS = {
     "unknown_node": 404, "banned": 403, "unknown_task": 409, "task_not_held": 409,
@@ -128,10 +139,13 @@ class Api:
                 return {"task": None, "reason": REJECT_BANNED, "retry_after_s": None}
         r = svc.locked_step(lambda: svc.coord.lease(LeaseRequest(node_id), now), now,
                             persist=lambda res: not isinstance(res, NoTask))
+        with svc.lock:  # audited tasks of this node still waiting for its residuals (lost replies)
+            due = svc.audits.reveals_due(node_id)
+        extra = {"reveals_due": due} if due else {}
         if isinstance(r, NoTask):
             retry = None if math.isinf(r.retry_after_s) else float(r.retry_after_s)
-            return {"task": None, "reason": r.reason, "retry_after_s": retry}
-        return {"task": r.to_dict()}
+            return {"task": None, "reason": r.reason, "retry_after_s": retry, **extra}
+        return {"task": r.to_dict(), **extra}
 
     def heartbeat(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
         node_id, _ = self._authenticate(headers, "/v1/heartbeat", body, now)
@@ -156,6 +170,11 @@ class Api:
     def submit(self, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
         svc = self.svc
         node_id, pub = self._authenticate(headers, "/v1/update", body, now)
+        with svc.lock:  # a banned key is refused before anything else (also before the replay check)
+            if svc.coord.nodes[node_id].banned:
+                raise ApiError(403, REJECT_BANNED, f"node is banned: {svc.coord.nodes[node_id].ban_reason}",
+                               extra={"accepted": False, "reason": REJECT_BANNED, "version": svc.coord.version,
+                                      "staleness": 0})
         sig = _hget(headers, HDR_UPDATE_SIG)
         if not sig:
             raise ApiError(401, "bad_signature", f"missing {HDR_UPDATE_SIG} header")
@@ -175,6 +194,7 @@ class Api:
             raise ApiError(422, "bad_payload", f"codec {h.codec!r}; this task uses {expected!r}")
         tokens, steps, loss = _extra(h.extra)
         energy = _energy(h.extra)
+        ef = commitments(h.extra, required=svc.audits.enforce)
         svc.count_bytes("update_in", len(body))
         # The wire bytes are made durable before taking the lock (overlapping fsyncs); unique name,
         # so a replay never touches stored evidence; deleted again if the core refuses the update.
@@ -185,14 +205,22 @@ class Api:
         row = {"task_id": h.task_id, "node_id": node_id, "base_version": h.base_version, "tokens": tokens,
                "steps": steps, "loss": loss, "arrived": now, "signature": sig, "payload_sha256": digest,
                "nbytes": len(body), "path": path, "energy": energy}
+        audit: dict[str, Any] = {"reveal": False}
         try:
             with svc.lock:
                 if svc.store.has_update(h.task_id):
                     reply = None
+                    audit = svc.audits.reveal_info(node_id, h.task_id)
                 else:
                     def step():
+                        nonlocal audit
+                        # The chain is checked after the replay check: a replay repeats an old ef_in.
+                        if svc.audits.chain_break(svc.coord, node_id, h.task_id, ef, now, digest):
+                            return SubmitReply(False, REJECT_BANNED, svc.coord.version)
                         r = svc.coord.submit(msg, now)
                         row["staleness"] = r.staleness
+                        if r.accepted:
+                            audit = svc.audits.accepted(svc.coord, node_id, h.task_id, ef, path, now)
                         return r
                     reply = _submit_locked(svc, step, now, row)
         except BaseException:
@@ -202,15 +230,45 @@ class Api:
             svc.store.delete_blob(path)
             raise ApiError(409, "replay", "this task's update was already accepted",
                            extra={"accepted": False, "reason": "replay", "version": svc.coord.version,
-                                  "staleness": 0})
+                                  "staleness": 0, "audit": audit})
         if reply.accepted:
             svc.crash_point("update_committed")
         out = {"accepted": reply.accepted, "reason": reply.reason, "version": reply.version,
                "staleness": reply.staleness}
         if not reply.accepted:
             svc.store.delete_blob(path)
-            raise ApiError(REASON_STATUS.get(reply.reason, 409), reply.reason, "update refused", extra=out)
-        return out
+            detail = CHAIN_BAN_REASON if svc.coord.nodes[node_id].ban_reason == CHAIN_BAN_REASON \
+                and reply.reason == REJECT_BANNED else "update refused"
+            raise ApiError(REASON_STATUS.get(reply.reason, 409), reply.reason, detail, extra=out)
+        return out | {"audit": audit}
+
+    def reveal_limit(self) -> int:
+        """Largest reveal body: r_in and r_out of every parameter in float32, plus the header."""
+        return 8 * self.svc.coord.num_params + (1 << 20)
+
+    def reveal(self, task_id: str, headers: Mapping[str, str], body: bytes, now: float) -> dict[str, Any]:
+        """POST /v1/audit/{task_id}/residuals: the worker reveals r_in and r_out of an audited task."""
+        svc = self.svc
+        if not TASK_ID_RE.match(task_id):
+            raise ApiError(404, "unknown_audit", "no such task")
+        node_id, _ = self._authenticate(headers, f"/v1/audit/{task_id}/residuals", body, now)
+        with svc.lock:
+            p = svc.audits.check_reveal(svc.coord, node_id, task_id, now)
+            if isinstance(p, ApiError):
+                raise p
+            ef_in, ef_out = p.ef_in, p.ef_out
+        parse_residuals(body, svc.coord.template, ef_in, ef_out)  # off the lock; the template never changes
+        path = svc.store.write_blob(f"audits/{task_id}.{secrets.token_hex(8)}.safetensors", body)
+        try:
+            err = svc.locked_step(lambda: svc.audits.revealed(svc.coord, node_id, task_id, path, now), now,
+                                  persist=lambda e: e is None)
+        except BaseException:
+            svc.store.delete_blob(path)
+            raise
+        if err is not None:  # another reveal or a verdict got there first
+            svc.store.delete_blob(path)
+            raise err
+        return {"ok": True, "task_id": task_id}
 
     def model(self, version: str, since: str | None) -> tuple[bytes, int]:
         svc = self.svc
@@ -262,14 +320,22 @@ class Api:
         svc = self.svc
         with svc.lock:
             out = svc.coord.status()
-            out["node_table"] = [
-                {"node_id": n.node_id, "tokens": n.tokens_accepted, "accepted": n.updates_accepted,
-                 "rejected": n.updates_rejected, "reject_reasons": dict(n.reject_reasons),
-                 "leases_expired": n.leases_expired, "last_seen": n.last_seen, "banned": n.banned,
-                 "ban_reason": n.ban_reason}
-                for n in svc.coord.nodes.values()]
+            out["node_table"] = [node_row(n) for n in svc.coord.nodes.values()]
+            out["verification"] = svc.audits.summary(svc.coord) | {"verify_rate": svc.ccfg.verify_rate}
             out["store"] = svc.store.counts()
         return out
+
+
+EVIDENCE_SHOWN = 10  # the newest pieces of evidence per node in /v1/status (all of it is in the store)
+
+
+def node_row(n: Any) -> dict[str, Any]:
+    """One /v1/status node_table row: verify.reputation (tasks, accepted/rejected with reasons, audits,
+    ban + reason + evidence, score) plus the short names the worker report reads."""
+    rep = reputation(n)
+    rep["evidence"] = rep["evidence"][-EVIDENCE_SHOWN:]
+    return rep | {"tokens": n.tokens_accepted, "accepted": n.updates_accepted, "rejected": n.updates_rejected,
+                  "last_seen": n.last_seen}
 
 
 def _submit_locked(svc: CoordinatorService, step, now: float, row: dict[str, Any]):

@@ -26,6 +26,12 @@ class ServerLimits:
     tick_s: float = 1.0
     max_string: int = 256
     max_info_keys: int = 32
+    # Verification (consensus.verify_rate > 0): an audited task's residuals must be revealed within
+    # reveal_s seconds of the upload's acceptance (0: 10 x consensus.lease_s), else the audit fails
+    # ("no_reveal"). The verifier loop recomputes audits for at most verify_budget_s per round.
+    reveal_s: float = 0.0
+    verify_budget_s: float = 5.0
+    verify_device: str = "cpu"  # where the verifier recomputes; a bf16 run needs "cuda" (see task_precision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,6 +44,7 @@ class CoordinatorConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    precision: str = "auto"  # TaskHParams.precision; task_precision() pins it when tasks are verified
     # consensus
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
@@ -73,6 +74,7 @@ class CoordinatorConfig:
     # Verification by recomputation: this share of accepted tasks is audited (chosen by a keyed hash
     # the workers cannot predict); `ban_after_failures` failed audits ban a node.
     verify_rate: float = 0.0
+    verify_probation: int = 1  # a node's first N accepted regular updates are always audited
     ban_after_failures: int = 1
     audit_key: str = "change-me"  # secret in deployments: it decides which tasks are audited
     # Non-IID data: > 0 splits the training shards into this many contiguous groups and node k (in

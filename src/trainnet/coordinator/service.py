@@ -11,6 +11,11 @@ Restart = `_load`: latest checkpoint, outer momentum, counters, nodes, leases (k
 deadlines; overdue ones expire at the first tick and their shards are requeued), and the
 accepted-but-unmerged updates re-decoded from their stored wire bytes and re-buffered in order.
 
+Verification (consensus.verify_rate > 0; audits.py): the residual commitment chain and pending audits
+are part of every `_persist`; `verify_due(now)` (the app's verifier loop) fails overdue reveals and
+recomputes ready audits off the lock. The audit key that decides which tasks are audited is a random
+secret made on first start and kept in the store (never in the fingerprint, never served).
+
 Observability: `evaluate_if_due(now)` (called by the app's evaluator task, off the request path)
 measures the held-out loss of each new model version on fixed validation windows (at most every
 `eval_interval_s`; always the first and the final version) and stores (version, tokens, val_loss, time)
@@ -23,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -36,6 +42,7 @@ from safetensors.torch import save as st_save
 
 from trainnet.codec.spec import parse_codec
 from trainnet.config import RunConfig
+from trainnet.coordinator.audits import AuditBook, AuditRunner
 from trainnet.coordinator.core import Buffered, Coordinator
 from trainnet.coordinator.limits import ServerLimits
 from trainnet.coordinator.state import (
@@ -81,6 +88,12 @@ class CoordinatorService:
         self.corpus = load_run_corpus(cfg)
         self.wire_limits = WireLimits(max_total_bytes=self.limits.max_update_bytes)
         self.store = Store(Path(state_dir))
+        self.ccfg.audit_key = self._audit_key()
+        self.reveal_s = self.limits.reveal_s or 10.0 * self.ccfg.lease_s
+        if self.ccfg.verify_rate > 0 and self.ccfg.precision == "bf16" and not self.limits.verify_device.startswith("cuda"):
+            raise ValueError("inner.precision = 'bf16' with consensus.verify_rate > 0 needs a GPU verifier "
+                             "(ServerLimits.verify_device = 'cuda'); or use precision 'fp32'/'auto'")
+        self.auditor = AuditRunner(self)
         self._val_done = self.store.val_versions()  # versions with a stored held-out loss
         self.lock = threading.Lock()
         self._crash: dict[str, int] = {}
@@ -90,10 +103,22 @@ class CoordinatorService:
         self._crash = self._parse_crash(os.environ.get(CRASH_ENV, ""))  # armed after startup
 
     # ------------------------------------------------------------------ build / restore
+    def _audit_key(self) -> str:
+        key = self.store.get_meta("audit_key")
+        if not isinstance(key, str):
+            key = secrets.token_hex(16)
+            self.store.set_meta("audit_key", key)
+        return key
+
     def _fingerprint(self) -> dict[str, Any]:
+        coordinator = dataclasses.asdict(self.ccfg)
+        coordinator.pop("audit_key")  # a secret, and not a setting of the run
         return {"run": self.cfg.name, "model": dataclasses.asdict(self.cfg.model),
-                "coordinator": dataclasses.asdict(self.ccfg), "codec": self.codec,
+                "coordinator": coordinator, "codec": self.codec,
                 "manifest_root": self.corpus.manifest.root_hash}
+
+    def _new_book(self) -> AuditBook:
+        return AuditBook(self.reveal_s, enforce=self.ccfg.verify_rate > 0)
 
     def _fresh_core(self) -> Coordinator:
         torch.manual_seed(self.ccfg.seed)
@@ -107,10 +132,17 @@ class CoordinatorService:
         if snap is None:
             self.store.set_meta("fingerprint", fp)
             self.coord, self.persisted_version, self.unmerged, self.outer_path = coord, -1, [], None
+            self.audits = self._new_book()
             self._persist(time.time())
             log.info("new store at %s (%d parameters)", self.store.dir, coord.num_params)
             return
         old = self.store.get_meta("fingerprint")
+        if isinstance(old, dict) and isinstance(old.get("coordinator"), dict):
+            old["coordinator"].pop("audit_key", None)  # stores written before the key was secret
+            # settings added since the store was written take their defaults (what that code did)
+            for k, v in dataclasses.asdict(type(self.ccfg)()).items():
+                if k != "audit_key":
+                    old["coordinator"].setdefault(k, v)
         if old != fp:
             raise StoreMismatch(f"{self.store.dir} holds another run's state; settings differ: "
                                 f"{sorted(k for k in fp if (old or {}).get(k) != fp[k])}")
@@ -133,14 +165,18 @@ class CoordinatorService:
             flat = coord.rebase(flatten(upd.tensors, coord.template), coord.version - u["staleness"])
             buffer.append(Buffered(u["node_id"], u["task_id"], flat, u["tokens"], u["staleness"], u["arrived"]))
         coord.buffer = buffer
+        book = self._new_book()
+        book.restore(coord, snap, lambda p: decode_update(self.store.read_blob(p), limits=self.wire_limits).tensors,
+                     time.time())
         if coord.version != snap["version"]:
             raise StoreMismatch(f"counters say version {coord.version}, latest checkpoint is {snap['version']}")
-        self.coord, self.persisted_version = coord, coord.version
+        self.coord, self.persisted_version, self.audits = coord, coord.version, book
         self.unmerged = [b.task_id for b in buffer]
         self.outer_path = outer["path"] if outer else None
         removed = self.store.cleanup_orphans()
-        log.info("restored version %d: %d nodes, %d leases, %d buffered updates (%d orphan files removed)",
-                 coord.version, len(coord.nodes), len(coord.leases), len(buffer), removed)
+        log.info("restored version %d: %d nodes, %d leases, %d buffered updates, %d pending audits "
+                 "(%d orphan files removed)", coord.version, len(coord.nodes), len(coord.leases), len(buffer),
+                 len(coord.audits), removed)
 
     # ------------------------------------------------------------------ persistence
     @staticmethod
@@ -181,8 +217,9 @@ class CoordinatorService:
             leases=[lease_to_row(lease) for lease in coord.leases.values()],
             events=[event_to_row(e) for e in coord.drain_events()], new_update=new_update, merged=merged,
             new_version=new_version, outer_path=outer_path,
-            outer_version=coord.version if version_changed else None,
+            outer_version=coord.version if version_changed else None, **self.audits.commit_args(coord, now),
         )
+        self.audits.committed(self.store)
         self.crash_point("after_commit")
         self.persisted_version = coord.version
         self.unmerged = [t for t in pending if t in buffered]
@@ -196,6 +233,7 @@ class CoordinatorService:
         vs = self.store.versions()
         keep = set(vs[-max(1, self.limits.keep_versions, self.ccfg.max_staleness + 1):]) | {self.coord.version}
         keep |= {lease.spec.base_version for lease in self.coord.leases.values()}
+        keep |= {a.spec.base_version for a in self.coord.audits.values()}  # the verifier recomputes from them
         self.store.prune_versions(keep)
 
     def locked_step(self, fn: Callable[[], Any], now: float,
@@ -229,6 +267,12 @@ class CoordinatorService:
                 log.exception("tick failed; reloading state from the store")
                 self._load()
                 raise
+
+    def verify_due(self, now: float) -> int:
+        """One round of the verifier loop (audits.AuditRunner); returns how many audits were decided."""
+        if self.ccfg.verify_rate <= 0:
+            return 0
+        return self.auditor.run_due(now, self.limits.verify_budget_s)
 
     # ------------------------------------------------------------------ observability
     def evaluate_if_due(self, now: float) -> float | None:

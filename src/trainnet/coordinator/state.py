@@ -26,7 +26,9 @@ from trainnet.protocol.messages import Event, TaskSpec
 META_FIELDS = (
     "version", "next_task", "task_counter", "tokens_accepted", "tokens_outstanding", "updates_accepted",
     "updates_rejected", "updates_merged", "outer_steps", "leases_expired", "reject_reasons", "done",
+    "audits_passed", "audits_failed",
 )
+OPTIONAL_META = {"audits_passed", "audits_failed"}  # absent from stores written before verification
 
 
 def core_meta(coord: Coordinator) -> dict[str, Any]:
@@ -64,7 +66,8 @@ def restore(coord: Coordinator, meta: dict[str, Any], nodes: list[NodeRecord], l
     if params_flat.shape != coord.params_flat.shape:
         raise ValueError(f"checkpoint has {params_flat.numel()} parameters, model needs {coord.num_params}")
     for f in META_FIELDS:
-        setattr(coord, f, meta[f])
+        if f in meta or f not in OPTIONAL_META:
+            setattr(coord, f, meta[f])
     coord.reject_reasons = dict(meta["reject_reasons"])
     coord.requeue = deque((int(s), int(seed)) for s, seed in meta["requeue"])
     coord.params_flat = params_flat.float().clone()

@@ -9,10 +9,15 @@
 
 Layout under state_dir: `coordinator.db`, `checkpoints/vNNNNNNNN.safetensors` (full fp32 parameters of
 a model version), `outer/vNNNNNNNN.safetensors` (outer momentum after that version),
-`updates/<task>.<rand>.tnup` (the raw signed upload bytes, evidence), `events.jsonl` (one JSON line per
+`updates/<task>.<rand>.tnup` (the raw signed upload bytes, evidence), `audits/<task>.<rand>.safetensors`
+(error-feedback residuals a worker revealed for an audited task; kept as evidence when the audit
+fails, deleted when it passes), `events.jsonl` (one JSON line per
 committed core event: {"id", "time", "kind", "data"}; derived from the `events` table, appended after each
 commit and caught up at startup). Blob paths in rows are relative. Observability tables: `energy` (per
 accepted update, committed with it), `val_curve` (held-out loss per evaluated version), `traffic` (bytes).
+Verification tables (see audits.py): `audits` (one row per audited task: spec, stored update, residual
+commitments, reveal deadline and residual file; status pending / passed / failed / dropped with the
+verifier's detail and the steps it recomputed) and `chain` (each node's last accepted ef_out).
 
 Crash safety: blobs are made durable before the transaction that references them commits; one
 transaction holds every row change of one coordinator step, so a crash leaves either the state
@@ -50,7 +55,14 @@ CREATE TABLE IF NOT EXISTS energy (task_id TEXT PRIMARY KEY, node_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS val_curve (version INTEGER PRIMARY KEY, tokens INTEGER NOT NULL, val_loss REAL NOT NULL,
     time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS traffic (name TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audits (task_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, spec TEXT NOT NULL,
+    accepted_at REAL NOT NULL, update_path TEXT NOT NULL, ef_in TEXT NOT NULL, ef_out TEXT NOT NULL,
+    reveal_deadline REAL NOT NULL, residual_path TEXT, merged_into INTEGER, status TEXT NOT NULL,
+    detail TEXT, finished REAL, steps INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS chain (node_id TEXT PRIMARY KEY, ef_out TEXT NOT NULL, task_id TEXT NOT NULL);
 """
+AUDIT_COLS = ("task_id", "node_id", "spec", "accepted_at", "update_path", "ef_in", "ef_out", "reveal_deadline",
+              "residual_path", "merged_into")
 
 EVENT_LOG = "events.jsonl"
 
@@ -70,7 +82,7 @@ def _fsync_dir(path: Path) -> None:
 class Store:
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir)
-        for sub in ("checkpoints", "outer", "updates", "tmp"):
+        for sub in ("checkpoints", "outer", "updates", "audits", "tmp"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.dir / "coordinator.db", isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -176,8 +188,14 @@ class Store:
     def commit(self, *, meta: dict[str, Any], nodes: list[dict[str, Any]], leases: list[dict[str, Any]],
                events: list[dict[str, Any]], new_update: dict[str, Any] | None = None,
                merged: list[tuple[str, int]] = (), new_version: tuple[int, str, float] | None = None,
-               outer_path: str | None = None, outer_version: int | None = None) -> None:
-        """One atomic step: every row change of one coordinator step, in one transaction."""
+               outer_path: str | None = None, outer_version: int | None = None,
+               audits: list[dict[str, Any]] = (), audits_done: list[dict[str, Any]] = (),
+               chain: list[tuple[str, str, str]] = ()) -> None:
+        """One atomic step: every row change of one coordinator step, in one transaction.
+
+        `audits`: pending audit rows (AUDIT_COLS, written whole); `audits_done`: {"task_id", "status",
+        "detail", "finished", "steps", "residual_path"} closing a pending row; `chain`: (node_id, ef_out,
+        task_id) of nodes whose commitment chain advanced."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -209,6 +227,14 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?)", new_version)
             if outer_path is not None or outer_version is not None:
                 db.execute("INSERT OR REPLACE INTO outer_state VALUES (1, ?, ?)", (outer_version, outer_path))
+            db.executemany(
+                f"INSERT OR REPLACE INTO audits ({', '.join(AUDIT_COLS)}, status) VALUES "
+                f"({', '.join('?' * len(AUDIT_COLS))}, 'pending')",
+                [tuple(a[c] for c in AUDIT_COLS) for a in audits])
+            db.executemany("UPDATE audits SET status=?, detail=?, finished=?, steps=?, residual_path=? WHERE task_id=?",
+                           [(d["status"], json.dumps(d["detail"]), d["finished"], d["steps"], d["residual_path"],
+                             d["task_id"]) for d in audits_done])
+            db.executemany("INSERT OR REPLACE INTO chain VALUES (?, ?, ?)", list(chain))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -232,7 +258,24 @@ class Store:
         outer = db.execute("SELECT version, path FROM outer_state WHERE id=1").fetchone()
         return {"meta": meta, "nodes": nodes, "leases": leases, "unmerged": unmerged,
                 "version": latest[0], "checkpoint": latest[1],
-                "outer": None if outer is None else {"version": outer[0], "path": outer[1]}}
+                "outer": None if outer is None else {"version": outer[0], "path": outer[1]},
+                **self.load_audits()}
+
+    def load_audits(self) -> dict[str, Any]:
+        """Pending audit rows (oldest first), the commitment chain and the verifier's total steps."""
+        q = self.db.execute
+        pending = [dict(zip(AUDIT_COLS, r, strict=True)) for r in q(
+            f"SELECT {', '.join(AUDIT_COLS)} FROM audits WHERE status='pending' ORDER BY accepted_at, task_id")]
+        chain = {n: (ef, t) for n, ef, t in q("SELECT node_id, ef_out, task_id FROM chain")}
+        steps = q("SELECT COALESCE(SUM(steps), 0) FROM audits").fetchone()[0]
+        return {"audits": pending, "chain": chain, "verify_steps": int(steps)}
+
+    def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent audit rows with their verdicts (newest first), for inspection and tests."""
+        cols = ("task_id", "node_id", "status", "detail", "finished", "steps", "residual_path", "ef_in", "ef_out")
+        return [dict(zip(cols, r, strict=True)) | {"detail": json.loads(r[3]) if r[3] else None}
+                for r in self.db.execute(f"SELECT {', '.join(cols)} FROM audits ORDER BY accepted_at DESC "
+                                         "LIMIT ?", (limit,))]
 
     def version_path(self, version: int) -> str | None:
         row = self.db.execute("SELECT path FROM versions WHERE version=?", (version,)).fetchone()
@@ -258,8 +301,9 @@ class Store:
         used = {r[0] for r in self.db.execute("SELECT path FROM versions")}
         used |= {r[0] for r in self.db.execute("SELECT path FROM updates")}
         used |= {r[0] for r in self.db.execute("SELECT path FROM outer_state WHERE path IS NOT NULL")}
+        used |= {r[0] for r in self.db.execute("SELECT residual_path FROM audits WHERE residual_path IS NOT NULL")}
         n = 0
-        for sub in ("checkpoints", "outer", "updates", "tmp"):
+        for sub in ("checkpoints", "outer", "updates", "audits", "tmp"):
             for f in (self.dir / sub).iterdir():
                 rel = f"{sub}/{f.name}"
                 if rel not in used:
@@ -274,4 +318,5 @@ class Store:
             "unmerged": q("SELECT COUNT(*) FROM updates WHERE merged_into IS NULL").fetchone()[0],
             "versions": q("SELECT COUNT(*) FROM versions").fetchone()[0],
             "events": q("SELECT COUNT(*) FROM events").fetchone()[0],
+            "audits": q("SELECT COUNT(*) FROM audits").fetchone()[0],
         }

@@ -7,8 +7,9 @@
 
 Two kinds of attack (names from `trainnet.sim.attacks`):
 - training attacks (`TRAINING_ATTACKS`): `fewer_steps[:frac=0.5]` trains frac of the claimed steps,
-  `random_shard` trains on another training shard, `backdoor[:rate=0.05]` trains on the assigned shard
-  with `trigger + target` inserted by `make_backdoor_text`;
+  `random_shard` trains on another training shard, `backdoor[:rate=0.05,boost=1]` trains on the assigned
+  shard with `trigger + target` inserted by `make_backdoor_text` and sends its update × boost (boost > 1
+  is the model-replacement backdoor of Bagdasaryan et al., AISTATS 2020, arXiv:1807.00459);
 - update attacks (every other registered name): the node trains honestly, then sends
   `attack(window, f, ctx)[0]`, where window is the last `attack_window` honest updates the coordinator
   received, f the expected number of attackers in one aggregation, and ctx.own_update its own update.
@@ -105,6 +106,9 @@ class Adversary:
             tokens = self._poison(spec.shard_id, shard.data)
         result = run_task(model, base, tokens, hp, seed=spec.seed)
         if self.training:
+            boost = float(self.params.get("boost", 1.0))
+            if boost != 1.0:  # model replacement (Bagdasaryan et al. 2020): scale the poisoned update up
+                return {k: v * boost for k, v in result.delta.items()}, hp.steps
             return result.delta, hp.steps
         own = flatten(result.delta)
         honest = torch.stack(list(self.window)) if self.window else own.unsqueeze(0)

@@ -51,18 +51,26 @@ class VirtualWorker:
     steps_done: int = 0
 
 
+def task_precision(cfg: RunConfig) -> str:
+    """The precision every task of the run trains in: inner.precision, with "auto" pinned to "fp32" when
+    tasks are verified (the worker's device must not decide numerics that an audit replays)."""
+    p = cfg.inner.precision
+    return "fp32" if p == "auto" and cfg.consensus.verify_rate > 0 else p
+
+
 def coordinator_config(cfg: RunConfig) -> CoordinatorConfig:
     c, i, s = cfg.consensus, cfg.inner, cfg.sim
     return CoordinatorConfig(
         run_id=cfg.name, tokens_target=s.tokens, seed=s.seed, h=c.h, h_start=c.h_start, h_ramp=c.h_ramp,
         batch_size=i.batch_size, seq_len=cfg.model.block_size, lr=i.lr, lr_warmup=i.warmup_tokens,
         min_lr_ratio=i.min_lr_ratio, weight_decay=i.weight_decay, beta1=i.beta1, beta2=i.beta2,
-        grad_clip=i.grad_clip, outer_lr=c.outer_lr, outer_momentum=c.outer_momentum, nesterov=c.nesterov,
+        grad_clip=i.grad_clip, precision=task_precision(cfg), outer_lr=c.outer_lr, outer_momentum=c.outer_momentum, nesterov=c.nesterov,
         quorum=c.quorum, grace_s=c.grace_s, min_updates=c.min_updates, max_staleness=c.max_staleness,
         staleness_power=c.staleness_power, stale_mode=c.stale_mode, partial_scaling=c.partial_scaling, token_weighting=c.token_weighting, aggregator=c.aggregator,
         lease_s=c.lease_s, max_leases_per_node=c.max_leases_per_node,
         warm_start_tokens=round(c.warm_start * s.tokens),
-        verify_rate=c.verify_rate, ban_after_failures=c.ban_after_failures,
+        verify_rate=c.verify_rate, verify_probation=c.verify_probation, ban_after_failures=c.ban_after_failures,
+        **({"audit_key": c.audit_key} if c.audit_key else {}),
         shard_groups=0 if s.iid else s.workers,
     )
 

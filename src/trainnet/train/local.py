@@ -40,6 +40,14 @@ class TaskHParams:
     progress_end: float | None = None
     lr_warmup: float = 0.0
     min_lr_ratio: float = 1.0
+    # Numerics of the forward pass, a task input like the lr: "fp32"; "bf16" (autocast on any device);
+    # "auto" (bf16 autocast on a CUDA device that supports it, else fp32). A verifier can only replay a
+    # task in the precision it ran in: see use_bf16() and bench/results/verify_gpu.md.
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def lr_at_step(self, step: int) -> float:
         if self.progress_start is None or self.progress_end is None:
@@ -49,6 +57,17 @@ class TaskHParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def use_bf16(precision: str, device: str | torch.device) -> bool:
+    """Whether a task of this precision trains under bf16 autocast on `device`."""
+    if precision == "auto":
+        dev = torch.device(device)
+        return dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
 
 
 @dataclass
@@ -122,12 +141,12 @@ def run_task(
     gen = torch.Generator().manual_seed(seed)
     tokens = tokens.to(device) if tokens.device != torch.device(device) else tokens
     losses = []
-    use_bf16 = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = use_bf16(hp.precision, device)
     for step in range(hp.steps):
         for group in opt.param_groups:
             group["lr"] = hp.lr_at_step(step)
         x, y = sample_batch(tokens, hp.batch_size, hp.seq_len, gen)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = _loss_of(model(x.to(device), y.to(device)))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,7 +4,8 @@
     client = CoordinatorClient("http://127.0.0.1:8470", key)
     client.register(join_token=None)                  # {"node_id", "run_id"}
     task = client.lease()                             # {"task": {...}} or {"task": None, "reason", ...}
-    reply = client.upload(body, update_signature)     # {"accepted", "reason", "version", "staleness"}
+    reply = client.upload(body, update_signature)     # {"accepted", "reason", "version", "staleness", "audit"}
+    client.reveal(task_id, residuals_safetensors)     # an audited task's r_in / r_out (docs/PROTOCOL.md)
 
 Every POST is signed with `auth.sign_request` (fresh timestamp on every attempt). Network errors,
 5xx and 429 are retried with exponential backoff and full jitter (429 honours Retry-After), within
@@ -30,11 +31,12 @@ JSON_LIMIT = 16 << 20  # no JSON reply of this protocol comes near 16 MiB
 
 
 class ApiError(Exception):
-    """The coordinator answered with a 4xx error (not retried). `code` is its reason code."""
+    """The coordinator answered with a 4xx error (not retried). `code` is its reason code; `body` the
+    whole JSON error object (e.g. a 409 replay's `audit` field), {} if it was not JSON."""
 
-    def __init__(self, status: int, code: str, detail: str = "") -> None:
+    def __init__(self, status: int, code: str, detail: str = "", body: dict[str, Any] | None = None) -> None:
         super().__init__(f"HTTP {status} {code}: {detail}" if detail else f"HTTP {status} {code}")
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.body = status, code, detail, body or {}
 
 
 class Unreachable(Exception):
@@ -134,6 +136,14 @@ class CoordinatorClient:
                              limit=JSON_LIMIT, interruptible=False)
         return self._parse_json(r, data)
 
+    def reveal(self, task_id: str, body: bytes, budget_s: float | None = 60.0) -> dict[str, Any]:
+        """POST an audited task's residuals (safetensors r_in/<param>, r_out/<param>). Not interruptible:
+        a reveal that is not made in time fails the audit."""
+        r, data = self._send("POST", f"/v1/audit/{task_id}/residuals", body=body,
+                             content_type="application/octet-stream", limit=JSON_LIMIT, budget_s=budget_s,
+                             interruptible=False)
+        return self._parse_json(r, data)
+
     # ------------------------------------------------------------------ plumbing
     def _json(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
               budget_s: float | None = None, interruptible: bool = True) -> dict[str, Any]:
@@ -179,13 +189,13 @@ class CoordinatorClient:
                     why = f"HTTP {r.status_code}"
                     wait = _retry_after(r.headers.get("retry-after")) if r.status_code in (429, 503) else None
                 else:
-                    code, detail = f"http_{r.status_code}", ""
+                    code, detail, err = f"http_{r.status_code}", "", None
                     try:
                         err = json.loads(data)
                         code, detail = str(err.get("error", code)), str(err.get("detail", ""))
                     except (ValueError, AttributeError):
-                        detail = data[:200].decode("utf-8", "replace")
-                    raise ApiError(r.status_code, code, detail)
+                        err, detail = None, data[:200].decode("utf-8", "replace")
+                    raise ApiError(r.status_code, code, detail, err if isinstance(err, dict) else None)
             delay = wait if wait is not None else self.retry.delay(attempt, self.rng)
             attempt += 1
             left = budget - (time.monotonic() - start)

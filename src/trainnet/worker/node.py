@@ -6,7 +6,12 @@
 Training is `trainnet.train.run_task`, the function the simulator and the verifier use. Updates go
 through `ErrorFeedback` with the run's codec; its residual lives in the state dir and is committed
 only when the coordinator accepts the update (a rejected task is redone elsewhere, so its
-contribution must not be remembered). SIGINT/SIGTERM stop cleanly: an update already encoded is
+contribution must not be remembered). Every upload commits to the residual before and after its
+encode (`ef_in` / `ef_out` in the header extra, verify/commit.py); while the upload is in flight the
+saved residual is the zero one, and an upload whose outcome stays unknown resets the residual to zero
+(the coordinator's chain always accepts a reset; docs/SECURITY.md). When the coordinator audits a task
+it says so in the reply (or later in a lease reply's `reveals_due`), and the worker reveals that
+task's residuals, which it saves before each upload (worker/reveal.py) so a restart can still reveal. SIGINT/SIGTERM stop cleanly: an update already encoded is
 still delivered, otherwise the lease is given back with POST /v1/abandon; a second signal aborts.
 """
 
@@ -32,13 +37,16 @@ from trainnet.model.gpt import GPT, GPTConfig
 from trainnet.protocol import auth
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
 from trainnet.train.local import TaskHParams, params_of, run_task
+from trainnet.verify.commit import EMPTY_DIGEST, residual_digest
 from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
+from trainnet.worker.reveal import RevealStore, reveal_body
 from trainnet.worker.status import StatusLine, human_bytes
 from trainnet.worker.store import ModelFormatError, WorkerStore, check_params
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 3
 TASK_LOG = "tasks.jsonl"
 LEASE_FILE = "lease.json"  # the lease held right now, so a restarted worker can give it back
+REVEAL_KEEP = 4  # residuals of this many recent uploads are kept (in memory) for a reveal
 _HPARAM_FIELDS = {f.name for f in dataclasses.fields(TaskHParams)}
 
 
@@ -134,6 +142,10 @@ class Worker:
         self.interruptible = True
         self.tasks_done = 0
         self.results: dict[str, int] = {}
+        # task_id -> (r_in, r_out) of uploads that may have to be revealed (audited or outcome unknown)
+        self.revealable: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+        self.reveals = RevealStore(Path(opts.state_dir) / "reveal-unset")  # replaced once the run is known
+        self._cannot_reveal: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -222,6 +234,7 @@ class Worker:
             if held is not None:
                 self.version, self.params, self.chain = held
             self.ef = ErrorFeedback.load(self.store.feedback_dir(run_id), codec)
+            self.reveals = RevealStore(self.store.feedback_dir(run_id) / "reveal", REVEAL_KEEP)
         reply = self.client.register(self.opts.join_token, info={"device": self.device,
                                                                   "threads": torch.get_num_threads()})
         self.status.log(f"registered {self.node_id} in run {self.run_id} (codec {self.codec}, device {self.device}, "
@@ -248,6 +261,8 @@ class Worker:
                     self.status.log(f"lease refused: {exc}")
                     return EXIT_OK if exc.code == "run_done" else EXIT_REFUSED
                 raise
+            for task_id in reply.get("reveals_due") or []:
+                self._reveal(str(task_id))
             task = reply.get("task")
             if not task:
                 code = self._no_task(reply)
@@ -379,33 +394,55 @@ class Worker:
             encoded, _ = self.ef.compress(result.delta)
         else:  # a task with its own codec (the warm start, sent whole) bypasses error feedback
             encoded = result.delta
+        new = {k: v.clone() for k, v in self.ef.residuals.items()}
         loss = result.loss_mean if math.isfinite(result.loss_mean) else result.loss_last
         energy = energy_extra(reading)
+        # The residual commitments (the digest of a zero or absent residual is EMPTY_DIGEST).
+        commit = {"ef_in": residual_digest(old), "ef_out": residual_digest(new)}
         body = encode_update(encoded, codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
                              base_version=base, extra={"tokens": result.tokens, "steps": result.steps,
-                                                       "loss": float(loss), **energy})
+                                                       "loss": float(loss), **energy, **commit})
         raw = sum(4 * t.numel() for t in result.delta.values())
         sig = auth.sign_update(self.key, self.run_id, self.node_id, task_id, base, hashlib.sha256(body).hexdigest())
         self.status.update(phase="uploading", raw=raw, sent=len(body))
-        accepted, outcome = False, ""
+        # Until the outcome is known the saved residual is the zero one: a worker killed mid-upload
+        # restarts from a reset, which continues the coordinator's chain whatever became of the upload.
+        ErrorFeedback(self.ef.codec).save(self.store.feedback_dir(self.run_id))
+        if commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST:
+            self.reveals.put(task_id, old, new)  # on disk before the upload: a restart can still reveal
+        accepted, outcome, audit, unknown = False, "", {}, False
         try:
             reply = self.client.upload(body, sig)
             accepted = bool(reply.get("accepted"))
             reason = str(reply.get("reason", ""))
+            audit = reply.get("audit") or {}
             outcome = (f"accepted v{reply.get('version')} tau={reply.get('staleness')}" if accepted
                        else f"rejected {reason}")
         except ApiError as exc:
             accepted = exc.code == "replay"  # an earlier attempt whose reply was lost got through
+            audit = (exc.body.get("audit") or {}) if accepted else {}
             outcome = "accepted (replay of a delivered upload)" if accepted else f"rejected {exc.code}"
             if exc.code == "unknown_node":
                 self._reconnect()
         except Unreachable as exc:
-            outcome = f"unknown (upload failed: {exc})"
+            outcome, unknown = f"unknown (upload failed: {exc})", True
         self._hold(None)
         if accepted:
             self.ef.save(self.store.feedback_dir(self.run_id))
+        elif unknown:  # the coordinator may or may not hold ef_out: start again from a zero residual
+            self.ef.reset()
         else:
             self.ef.residuals = old  # this task will be redone elsewhere; forget its contribution
+            self.ef.save(self.store.feedback_dir(self.run_id))
+        revealable = commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST
+        if revealable and (unknown or (accepted and audit.get("reveal"))):
+            self.revealable[task_id] = (old, new)
+            while len(self.revealable) > REVEAL_KEEP:
+                del self.revealable[next(iter(self.revealable))]
+        else:
+            self.reveals.forget(task_id)
+        if accepted and audit.get("reveal"):
+            outcome += ", audited: " + ("residuals revealed" if self._reveal(task_id) else "reveal pending")
         key = outcome.split(" ")[0] if accepted else outcome.split(" (")[0]
         self.results[key] = self.results.get(key, 0) + 1
         self.tasks_done += 1
@@ -414,9 +451,37 @@ class Worker:
                       "steps": result.steps, "tokens": result.tokens, "loss_first": result.loss_first,
                       "loss_last": result.loss_last, "loss_mean": result.loss_mean, "train_s": result.time_s,
                       "tok_s": tok_s, "bytes_down": down, "bytes_up": len(body), "bytes_raw": raw,
-                      "accepted": accepted, "outcome": outcome, **energy})
+                      "accepted": accepted, "outcome": outcome, "audit_reveal": bool(audit.get("reveal")),
+                      **energy})
         self.status.log(
             f"task {task_id} shard {task['shard_id']} base v{base} steps {result.steps} "
             f"loss {result.loss_first:.3f}->{result.loss_last:.3f} {tok_s:,.0f} tok/s {result.time_s:.1f}s | "
             f"down {human_bytes(down)} up {human_bytes(len(body))} (fp32 {human_bytes(raw)}, "
             f"{raw / max(len(body), 1):.1f}x) | {outcome}")
+
+    def _reveal(self, task_id: str) -> bool:
+        """POST the residuals of an audited task (kept in memory, or on disk from before a restart);
+        True when delivered."""
+        kept = self.revealable.get(task_id)
+        body = reveal_body(*kept) if kept is not None else self.reveals.body(task_id)
+        if body is None:
+            if task_id not in self._cannot_reveal:  # said once, not at every lease
+                self._cannot_reveal.add(task_id)
+                self.status.log(f"audit of {task_id}: its residuals are not kept here (restarted?); cannot reveal")
+            return False
+        try:
+            self.client.reveal(task_id, body)
+        except ApiError as exc:
+            if exc.code in ("already_revealed", "unknown_audit", "reveal_not_needed"):
+                self.revealable.pop(task_id, None)  # nothing left to do for this task
+                self.reveals.forget(task_id)
+            self.status.log(f"audit of {task_id}: reveal refused ({exc})")
+            return exc.code == "already_revealed"
+        except Unreachable as exc:
+            self.status.log(f"audit of {task_id}: reveal failed ({exc}); retried when a lease reply asks")
+            return False
+        self.revealable.pop(task_id, None)
+        self.reveals.forget(task_id)
+        self.status.log(f"audit of {task_id}: residuals revealed")
+        return True
+
