@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "estimate": "trainnet.planner.cli:estimate_cmd",
     "coordinator": "trainnet.coordinator.cli:coordinator_cmd",
     "worker": "trainnet.worker.cli:worker_cmd",
+    "verifier": "trainnet.worker.verifier:verifier_cmd",
     "demo": "trainnet.worker.demo:demo_cmd",
     "sample": "trainnet.model.sample:sample_cmd",
     "report": "trainnet.dashboard.report:report_cmd",

@@ -8,7 +8,9 @@ core plus the durable commit in a worker thread. Every refusal is `{"error": COD
 with a 4xx status; an unexpected exception is logged and answered 503 `server_error`, never 500.
 Background loops (one `every(...)` helper) until shutdown: `coord.tick(now)` every `limits.tick_s`
 seconds; held-out evaluation and byte-counter flushes; and the verifier (`svc.verify_due`, audits.py),
-which fails overdue reveals and recomputes ready audits off the request lock.
+which fails overdue reveals and recomputes ready audits off the request lock (with `limits.verifiers ==
+"nodes"` designated verifier nodes recompute them instead, through the /v1/audit/claim, .../material and
+.../verdict routes of verifier_api.py).
 """
 
 from __future__ import annotations
@@ -162,6 +164,25 @@ def create_app(svc: CoordinatorService, join_token: str | None = None,
         async def run() -> dict:
             body = await _read_body(request, api.reveal_limit())
             return await run_in_threadpool(api.reveal, task_id, request.headers, body, time.time())
+        return await guarded(request, run)
+
+    vapi = api.verifiers
+    post("/v1/audit/claim", vapi.claim, lim.max_json_bytes, _json_body({}, []))
+
+    @app.post("/v1/audit/{task_id}/verdict", openapi_extra=_json_body(
+        {"passed": {"type": "boolean"}, "detail": {"type": "object"}}, ["passed"]))
+    async def verdict(request: Request, task_id: str) -> Response:
+        async def run() -> dict:
+            body = await _read_body(request, lim.max_json_bytes)
+            return await run_in_threadpool(vapi.verdict, task_id, request.headers, body, time.time())
+        return await guarded(request, run)
+
+    @app.get("/v1/audit/{task_id}/material", openapi_extra={"parameters": _SIG_HEADERS,
+                                                             "responses": {"4XX": _ERROR}})
+    async def material(request: Request, task_id: str) -> Response:
+        async def run() -> Response:
+            data = await run_in_threadpool(vapi.material, task_id, request.headers, time.time())
+            return Response(data, media_type="application/octet-stream")
         return await guarded(request, run)
 
     @app.get("/v1/info")

@@ -9,6 +9,7 @@
     store.commit(..., **book.commit_args(coord, now)); book.committed(store)
     r_in, r_out = parse_residuals(body, template, ef_in, ef_out)   # POST /v1/audit/{task}/residuals body
     AuditRunner(svc).run_due(now, budget_s)                         # the verifier loop's round
+    book.claims[task_id] = (verifier_node_id, deadline)           # verifiers = "nodes": verifier_api.py
 
 The chain: an accepted update's ef_in must equal the node's last accepted ef_out, or be EMPTY_DIGEST (a
 reset to the zero residual, always allowed: see docs/SECURITY.md, "Verification through the server").
@@ -101,6 +102,9 @@ class AuditBook:
         self.chain = CommitmentChain()
         self.pending: dict[str, Pending] = {}
         self.verify_steps = 0  # inner steps the verifier recomputed, over the run's life
+        # task_id -> (verifier node id, claim deadline): audits handed to designated verifier nodes
+        # (verifier_api.py). Soft state, never persisted: after a restart every audit can be claimed again.
+        self.claims: dict[str, tuple[str, float]] = {}
         self._chain_dirty: dict[str, tuple[str, str]] = {}
         self._verdicts: dict[str, dict[str, Any]] = {}
         self._closing: list[dict[str, Any]] = []
@@ -232,6 +236,7 @@ class AuditBook:
         audit keeps its file as evidence)."""
         for d in self._closing:
             p = self.pending.pop(d["task_id"], None)
+            self.claims.pop(d["task_id"], None)
             if p is not None and p.residual_path and d["residual_path"] is None:
                 store.delete_blob(p.residual_path)
         self._closing, self._verdicts, self._chain_dirty = [], {}, {}
@@ -293,6 +298,7 @@ class AuditRunner:
     def __init__(self, svc: CoordinatorService) -> None:
         self.svc = svc
         self._verifier: Verifier | None = None
+        self.steps_here = 0  # inner steps recomputed by this process since it started (0 with verifier nodes)
 
     def verifier(self) -> Verifier:
         if self._verifier is None:
@@ -367,6 +373,7 @@ class AuditRunner:
             svc.locked_step(lambda: self._close_if_pending(p.task_id, why), time.time())
             return
         steps = v.steps_recomputed - steps0
+        self.steps_here += steps
         detail = _finite(detail)
         now = time.time()
 

@@ -4,6 +4,7 @@
     api.register(headers, body, now) -> dict      # raises ApiError(status, code, detail) on refusal
     api.lease(headers, body, now); api.submit(headers, body, now); api.model("latest", None)
     api.reveal(task_id, headers, body, now)      # an audited task's error-feedback residuals
+    api.verifiers.claim(headers, body, now)      # designated verifier nodes (verifier_api.py)
 
 app.py maps these to routes; every refusal is an ApiError whose status follows docs/PROTOCOL.md.
 """
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ from trainnet.coordinator.core import REJECT_BANNED, REJECT_UNKNOWN_NODE
 from trainnet.coordinator.limits import ApiError, RateLimiter, check_info, parse_json_object
 from trainnet.coordinator.service import CoordinatorService
 from trainnet.coordinator.state import abandon_lease
+from trainnet.coordinator.verifier_api import VerifierApi
 from trainnet.protocol.auth import (
     HDR_NODE,
     HDR_UPDATE_SIG,
@@ -45,7 +48,9 @@ from trainnet.protocol.messages import (
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
 from trainnet.verify import reputation
 
-PROTOCOL = "1.1"  # 1.1: residual commitments (ef_in/ef_out), audit replies, POST /v1/audit/{task}/residuals
+# 1.1: residual commitments (ef_in/ef_out), audit replies, POST /v1/audit/{task}/residuals;
+# 1.2: designated verifier nodes (POST /v1/audit/claim, GET .../material, POST .../verdict; verifier_api.py)
+PROTOCOL = "1.2"
 # Core reject reasons -> HTTP status (docs/PROTOCOL.md, "HTTP API").
 REASON_STATUS = {
     "unknown_node": 404, "banned": 403, "unknown_task": 409, "task_not_held": 409,
@@ -67,6 +72,7 @@ class Api:
         lim = svc.limits
         self.rate = RateLimiter(lim.rate_per_s, lim.burst)
         self._run_db: Any = None  # a second SQLite connection for the dashboard's reads
+        self.verifiers = VerifierApi(self)
 
     # ------------------------------------------------------------------ helpers
     def limit(self, key: str, now: float) -> None:
@@ -74,7 +80,8 @@ class Api:
         if wait > 0:
             raise ApiError(429, "rate_limited", "too many requests", headers={"Retry-After": str(math.ceil(wait))})
 
-    def _authenticate(self, headers: Mapping[str, str], path: str, body: bytes, now: float) -> tuple[str, str]:
+    def _authenticate(self, headers: Mapping[str, str], path: str, body: bytes, now: float,
+                      method: str = "POST") -> tuple[str, str]:
         """Check the request signature of a registered node; returns (node_id, public_key_hex)."""
         node_id = _hget(headers, HDR_NODE)
         if not node_id or len(node_id) > 64:
@@ -84,7 +91,7 @@ class Api:
             pub = node.public_key if node else None
         if pub is None:
             raise ApiError(404, REJECT_UNKNOWN_NODE, "register first")
-        err = verify_request(pub, headers, "POST", path, body, now, self.svc.limits.max_skew_s)
+        err = verify_request(pub, headers, method, path, body, now, self.svc.limits.max_skew_s)
         if err:
             raise ApiError(401, err, "request signature check failed")
         self.limit("node:" + node_id, now)
@@ -121,7 +128,8 @@ class Api:
         if self.join_token and not hmac.compare_digest((d.get("join_token") or "").encode(),
                                                        self.join_token.encode()):
             raise ApiError(403, "bad_join_token", "join token missing or wrong")
-        if self.allow_keys is not None and pub.lower() not in self.allow_keys and node_id not in self.allow_keys:
+        listed = self.allow_keys is None or pub.lower() in self.allow_keys or node_id in self.allow_keys
+        if not listed and not self.verifiers.is_verifier(pub, node_id):  # designated verifiers may join
             raise ApiError(403, "not_allowed", "this key is not on the allow-list")
         info = check_info(d.get("info"), lim)
         reply = self.svc.locked_step(lambda: self.svc.coord.register(Register(node_id, pub, info), now), now)
@@ -321,7 +329,11 @@ class Api:
         with svc.lock:
             out = svc.coord.status()
             out["node_table"] = [node_row(n) for n in svc.coord.nodes.values()]
-            out["verification"] = svc.audits.summary(svc.coord) | {"verify_rate": svc.ccfg.verify_rate}
+            out["verification"] = svc.audits.summary(svc.coord) | {
+                "verify_rate": svc.ccfg.verify_rate, "verifiers": svc.limits.verifiers,
+                "audits_claimed": sum(1 for t, (_, d) in svc.audits.claims.items()
+                                      if t in svc.coord.audits and d >= time.time()),
+                "coordinator_steps": svc.auditor.steps_here}
             out["store"] = svc.store.counts()
         return out
 

@@ -32,6 +32,13 @@ class ServerLimits:
     reveal_s: float = 0.0
     verify_budget_s: float = 5.0
     verify_device: str = "cpu"  # where the verifier recomputes; a bf16 run needs "cuda" (see task_precision)
+    # Who recomputes audits: "coordinator" (the loop above) or "nodes": designated verifier nodes, whose
+    # public keys (hex) or node ids are `verifier_keys` (an allow-list: they are trusted like the server),
+    # claim ready audits over POST /v1/audit/claim (verifier_api.py). The server then only fails overdue
+    # reveals. A claim lapses after audit_claim_s (0: consensus.lease_s) x max(1, steps / H) seconds.
+    verifiers: str = "coordinator"
+    verifier_keys: tuple[str, ...] = ()
+    audit_claim_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

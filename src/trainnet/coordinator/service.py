@@ -13,7 +13,8 @@ accepted-but-unmerged updates re-decoded from their stored wire bytes and re-buf
 
 Verification (consensus.verify_rate > 0; audits.py): the residual commitment chain and pending audits
 are part of every `_persist`; `verify_due(now)` (the app's verifier loop) fails overdue reveals and
-recomputes ready audits off the lock. The audit key that decides which tasks are audited is a random
+recomputes ready audits off the lock, or, with `ServerLimits.verifiers = "nodes"`, only fails overdue reveals
+while designated verifier nodes claim and recompute the audits (verifier_api.py). The audit key that decides which tasks are audited is a random
 secret made on first start and kept in the store (never in the fingerprint, never served).
 
 Observability: `evaluate_if_due(now)` (called by the app's evaluator task, off the request path)
@@ -90,7 +91,9 @@ class CoordinatorService:
         self.store = Store(Path(state_dir))
         self.ccfg.audit_key = self._audit_key()
         self.reveal_s = self.limits.reveal_s or 10.0 * self.ccfg.lease_s
-        if self.ccfg.verify_rate > 0 and self.ccfg.precision == "bf16" and not self.limits.verify_device.startswith("cuda"):
+        self.verifier_keys = self._verifier_keys(self.limits)
+        if self.ccfg.verify_rate > 0 and self.ccfg.precision == "bf16" and self.limits.verifiers == "coordinator" \
+                and not self.limits.verify_device.startswith("cuda"):
             raise ValueError("inner.precision = 'bf16' with consensus.verify_rate > 0 needs a GPU verifier "
                              "(ServerLimits.verify_device = 'cuda'); or use precision 'fp32'/'auto'")
         self.auditor = AuditRunner(self)
@@ -103,6 +106,18 @@ class CoordinatorService:
         self._crash = self._parse_crash(os.environ.get(CRASH_ENV, ""))  # armed after startup
 
     # ------------------------------------------------------------------ build / restore
+    @staticmethod
+    def _verifier_keys(limits: ServerLimits) -> frozenset[str]:
+        """The designated verifiers (lowercase hex keys / node ids); checks the verifiers setting."""
+        if limits.verifiers not in ("coordinator", "nodes"):
+            raise ValueError(f"verifiers must be 'coordinator' or 'nodes', not {limits.verifiers!r}")
+        keys = frozenset(k.strip().lower() for k in limits.verifier_keys if k.strip())
+        if limits.verifiers == "nodes" and not keys:
+            raise ValueError("verifiers = 'nodes' needs at least one verifier key (--verifier-keys FILE)")
+        if limits.verifiers == "coordinator" and keys:
+            raise ValueError("verifier keys are only used with verifiers = 'nodes'")
+        return keys
+
     def _audit_key(self) -> str:
         key = self.store.get_meta("audit_key")
         if not isinstance(key, str):
@@ -272,6 +287,8 @@ class CoordinatorService:
         """One round of the verifier loop (audits.AuditRunner); returns how many audits were decided."""
         if self.ccfg.verify_rate <= 0:
             return 0
+        if self.limits.verifiers == "nodes":  # designated verifier nodes recompute (verifier_api.py)
+            return self.auditor.expire(now)
         return self.auditor.run_due(now, self.limits.verify_budget_s)
 
     # ------------------------------------------------------------------ observability

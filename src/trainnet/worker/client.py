@@ -6,6 +6,7 @@
     task = client.lease()                             # {"task": {...}} or {"task": None, "reason", ...}
     reply = client.upload(body, update_signature)     # {"accepted", "reason", "version", "staleness", "audit"}
     client.reveal(task_id, residuals_safetensors)     # an audited task's r_in / r_out (docs/PROTOCOL.md)
+    client.audit_claim(); client.audit_material(t); client.audit_verdict(t, True, {...})   # verifier nodes
 
 Every POST is signed with `auth.sign_request` (fresh timestamp on every attempt). Network errors,
 5xx and 429 are retried with exponential backoff and full jitter (429 honours Retry-After), within
@@ -143,6 +144,24 @@ class CoordinatorClient:
                              content_type="application/octet-stream", limit=JSON_LIMIT, budget_s=budget_s,
                              interruptible=False)
         return self._parse_json(r, data)
+
+    # ------------------------------------------------------------------ designated verifier nodes
+    def audit_claim(self) -> dict[str, Any]:
+        """{"audit": {...}} (a claimed audit: spec, ef_in/ef_out, codec, tolerance, material path, deadline)
+        or {"audit": None, "reason": "none_ready" | "done", "retry_after_s"}."""
+        return self._json("POST", "/v1/audit/claim", {})
+
+    def audit_material(self, task_id: str, budget_s: float | None = 60.0) -> bytes:
+        """The claimed audit's safetensors (update/<p>, r_in/<p>, r_out/<p>); a signed GET with an empty
+        body. The budget stays well under the server's clock-skew window, as one timestamp serves all tries."""
+        path = f"/v1/audit/{task_id}/material"
+        signed = auth.sign_request(self.key, self.node_id, "GET", path, b"", time.time())
+        return self._send("GET", path, extra_headers=signed, limit=self.max_download_bytes, budget_s=budget_s)[1]
+
+    def audit_verdict(self, task_id: str, passed: bool, detail: dict[str, Any]) -> dict[str, Any]:
+        """Report a claimed audit's verdict (detail: finite numbers plus `reason` / `which`)."""
+        return self._json("POST", f"/v1/audit/{task_id}/verdict", {"passed": bool(passed), "detail": detail},
+                          budget_s=60.0, interruptible=False)
 
     # ------------------------------------------------------------------ plumbing
     def _json(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
