@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/robust_rules.md")
     args = ap.parse_args()
     data_sets = [f"data.path={json.dumps(args.data)}"] if args.data else []
+    torch.set_num_threads(1)  # the pre-train must match bench_security.py's bit for bit (it runs on 1 thread)
     t0 = time.perf_counter()
     init = str(Path(tempfile.gettempdir()) / f"trainnet_security_init_{args.pretrain_steps}.safetensors")
     init_loss = bs.pretrain(init, args.pretrain_steps, data_sets)

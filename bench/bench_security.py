@@ -80,6 +80,7 @@ def run_one(job: dict) -> dict:
 
 def jobs(args: argparse.Namespace, init: str) -> list[dict]:
     defences = {"mean": ("mean", 0.0), "robust": (args.robust, 0.0), "robust+verify": (args.robust, args.verify_rate)}
+    defences |= {rule: (rule, 0.0) for rule in args.extra_rules}
     defences = {k: v for k, v in defences.items() if k in args.defences}
     out = []
     for iid in {"both": (True, False), "iid": (True,), "noniid": (False,)}[args.shards]:
@@ -117,15 +118,17 @@ def table(results: list[dict], args: argparse.Namespace, meta: dict) -> str:
     results = [r for r in results if (r["iid"], r["seed"], r.get("machine")) in clean]  # no baseline: left out
     for r in results:
         r["rel"] = r["final_val_loss"] / clean[(r["iid"], r["seed"], r.get("machine"))] - 1
-    defs = ["mean", "robust", "robust+verify"]
+    extra = sorted({r["defence"] for r in results} - {"mean", "robust", "robust+verify"})
+    defs = ["mean", "robust", *extra, "robust+verify"]  # extra: other rules alone (--extra-rules)
     lines = ["# Attack matrix (`bench/bench_security.py`)\n", meta["header"], ""]
     for iid in [x for x in (True, False) if any(r["iid"] == x for r in results)]:
         lines += [f"\n## {'IID' if iid else 'Non-IID'} shards\n",
                   "Val loss relative to the clean run (no attack, plain mean), mean over seeds "
                   "[worst seed]; ASR = backdoor attack success rate; bans = cheaters banned / cheaters "
                   "(median outer step of the ban); honest = honest nodes banned; cost = verification compute.\n",
-                  "| attack | malicious | mean | robust | robust+verify | bans (verify) | honest banned | verify cost |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| attack | malicious | " + " | ".join(f"`{d}`" if d in extra else d for d in defs)
+                  + " | bans (verify) | honest banned | verify cost |",
+                  "|---" * (len(defs) + 5) + "|"]
         for attack in [""] + args.attacks:
             for frac in ([0.0] if attack == "" else args.fractions):
                 row = []
@@ -202,6 +205,8 @@ def main() -> None:
                     help="';'-separated attack specs ('': only the clean runs)")
     ap.add_argument("--defences", type=lambda s: s.split(","), default=["mean", "robust", "robust+verify"])
     ap.add_argument("--probation", type=int, default=1, help="consensus.verify_probation")
+    ap.add_argument("--extra-rules", type=lambda s: [x for x in s.split(";") if x], default=[],
+                    help="';'-separated rules run alone as extra defences (name them in --defences too)")
     ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.2, 0.3])
     ap.add_argument("--seed-list", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="run these seeds only (default: 0 .. --seeds - 1)")
@@ -214,6 +219,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="corpus file/folder (default: this Python's stdlib sources)")
     ap.add_argument("--jsonl", default=None, help="append each finished run here (default: <out>.jsonl)")
     ap.add_argument("--merge", default=None, help="','-separated JSONL files: write the table from them, run nothing")
+    ap.add_argument("--header", default="", help="with --merge: the table's header line (how the runs were made)")
     ap.add_argument("--out", default="bench/results/security.md")
     args = ap.parse_args()
     args.data_sets = [f"data.path={json.dumps(args.data)}"] if args.data else []
@@ -222,8 +228,9 @@ def main() -> None:
         results = [json.loads(line) for f in args.merge.split(",") for line in Path(f).read_text().splitlines()
                    if line.strip()]
         metas = [r for r in results if r.get("meta")]
-        results = list({_key(r): r for r in results if not r.get("meta")}.values())  # a later file wins
-        header = " ".join(dict.fromkeys(m["header"] for m in metas)) if metas else ""
+        # a later file wins for the same cell on the same machine
+        results = list({(*_key(r), r.get("machine")): r for r in results if not r.get("meta")}.values())
+        header = args.header or (" ".join(dict.fromkeys(m["header"] for m in metas)) if metas else "")
         _write(out, results, args, {"header": header})
         return
     torch.set_num_threads(1)

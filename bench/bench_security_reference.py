@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2)
     args = ap.parse_args()
     data_sets = [f"data.path={json.dumps(args.data)}"] if args.data else []
+    torch.set_num_threads(1)  # the pre-train must match bench_security.py's bit for bit (it runs on 1 thread)
     out = Path("bench/results/security.md")
     results = json.loads(out.with_suffix(".json").read_text())
     init = str(Path(tempfile.gettempdir()) / f"trainnet_security_init_{args.pretrain_steps}.safetensors")
@@ -50,7 +51,9 @@ def main() -> None:
     with mp.get_context("spawn").Pool(args.procs, initializer=bs._init_worker) as pool:
         refs = pool.map(bs.run_one, todo)
     ref = {(r["iid"], r["seed"], r["frac"]): r["final_val_loss"] for r in refs}
-    clean = {(r["iid"], r["seed"]): r["final_val_loss"] for r in results if r["attack"] == "" and r["defence"] == "mean"}
+    # the full clean run of the same seed, layout and machine as the defended run (see bench_security.table)
+    clean = {(r["iid"], r["seed"], r.get("machine")): r["final_val_loss"] for r in results
+             if r["attack"] == "" and r["defence"] == "mean"}
     lines = ["\n## Defended runs against the clean run of their honest workers only\n",
              "Robust rule + verification. `vs full clean` = against the clean 10-worker plain-mean run (as above); "
              f"the honest-only references ran on {bs._machine()}, torch {torch.__version__}, from a pre-train "
@@ -62,7 +65,7 @@ def main() -> None:
         for f in fracs:
             rs = [r for r in results if r["defence"] == "robust+verify" and r["attack"] and r["frac"] == f
                   and r["iid"] == iid]
-            a = [r["final_val_loss"] / clean[(r["iid"], r["seed"])] - 1 for r in rs]
+            a = [r["final_val_loss"] / clean[(r["iid"], r["seed"], r.get("machine"))] - 1 for r in rs]
             b = [r["final_val_loss"] / ref[(r["iid"], r["seed"], f)] - 1 for r in rs]
             lines.append(f"| {'IID' if iid else 'non-IID'} | {100 * f:.0f}% | {100 * statistics.fmean(a):+.1f}% "
                          f"[{100 * max(a):+.1f}%] | {100 * statistics.fmean(b):+.1f}% [{100 * max(b):+.1f}%] |")

@@ -38,9 +38,11 @@ class Tolerance:
 
     Defaults: 5% relative L2 error and cosine 0.99. Measured in bench/results/verify_tolerance.md:
     honest CPU recomputation is exact (error 0); another thread count (a different float summation
-    order, the CPU analogue of GPU nondeterminism) gives ~3e-7; even the base rounded through bf16
-    before training stays at <= 1.8e-2; the mildest cheat measured (90% of the claimed steps) lands at
-    0.14-0.19, half the steps at ~0.5, another shard or seed at 0.5-1."""
+    order, the CPU analogue of GPU nondeterminism) gives 2-6e-7; even the base rounded through bf16
+    before training stays at <= 2.3e-2; the mildest cheat measured (90% of the claimed steps) lands at
+    0.17, half the steps at ~0.5, another shard or seed at 0.8-1.2. On an H100 (verify_gpu.md) a bf16
+    task rerun on the GPU was bit-identical, but fp32 CPU recomputation of it was off by up to 0.14:
+    a verifier must replay the task's precision (TaskHParams.precision)."""
 
     rel_error: float = 0.05
     min_cosine: float = 0.99
