@@ -21,7 +21,7 @@ import torch
 
 from trainnet.data.corpus import load_corpus
 from trainnet.model.gpt import GPT, GPTConfig
-from trainnet.train.local import TaskHParams, params_of, run_task
+from trainnet.train.local import TaskHParams, params_of, run_task, use_bf16
 from trainnet.verify import Tolerance, compare
 
 
@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="corpus file/folder (default: this Python's stdlib sources)")
     ap.add_argument("--out", default="bench/results/verify_gpu.md")
     ap.add_argument("--steps", default="20,100")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="task precision (auto: bf16 autocast on a GPU, fp32 on a CPU)")
+    ap.add_argument("--warm-steps", type=int, default=200)
     args = ap.parse_args()
     dev = args.device
     torch.manual_seed(0)
@@ -39,14 +42,14 @@ def main() -> None:
     ids = corpus.manifest.ids("train")
     model = GPT(cfg)
     init = params_of(model)
-    warm = TaskHParams(steps=200, lr=1e-3, batch_size=16, seq_len=cfg.block_size)
+    warm = TaskHParams(steps=args.warm_steps, lr=1e-3, batch_size=16, seq_len=cfg.block_size)
     d = run_task(model, init, corpus.shard(ids[0]).tokens, warm, seed=0, device=dev).delta
     base = {k: (init[k] - d[k].cpu()).contiguous() for k in init}
     tok = corpus.shard(ids[1]).tokens
     tol = Tolerance()
     rows = []
     for h in [int(x) for x in args.steps.split(",")]:
-        hp = TaskHParams(steps=h, lr=1e-3, batch_size=16, seq_len=cfg.block_size)
+        hp = TaskHParams(steps=h, lr=1e-3, batch_size=16, seq_len=cfg.block_size, precision=args.precision)
 
         def run(device: str, steps: int = h, seed: int = 7, hp: TaskHParams = hp) -> dict[str, torch.Tensor]:
             p = TaskHParams(**(hp.__dict__ | {"steps": steps}))
@@ -55,7 +58,7 @@ def main() -> None:
 
         ref = run(dev)
         cases = [("honest: same task again on " + dev, run(dev)),
-                 ("honest: recomputed on cpu (fp32)", run("cpu")),
+                 (f"honest: recomputed on cpu ({'bf16' if args.precision == 'bf16' else 'fp32'})", run("cpu")),
                  ("cheat: 90% of the steps", run(dev, steps=max(1, round(0.9 * h)))),
                  ("cheat: 50% of the steps", run(dev, steps=max(1, round(0.5 * h)))),
                  ("cheat: another sample seed", run(dev, seed=8))]
@@ -66,11 +69,11 @@ def main() -> None:
             print(f"H={h:4d} {name:40s} rel {m['rel_error']:.3e} cos {m['cosine']:.6f} {'pass' if ok else 'FAIL'}",
                   flush=True)
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor() or platform.machine()
-    bf16 = dev.startswith("cuda") and torch.cuda.is_bf16_supported()
+    bf16 = use_bf16(args.precision, dev)
     lines = ["# Verifier tolerance on a GPU (`bench/bench_verify_gpu.py`)\n",
              f"Device {name} ({dev}, {'bf16 autocast' if bf16 else 'fp32'}, default non-deterministic kernels), "
-             f"torch {torch.__version__}; CPU recomputation in fp32. Model: 4-layer GPT d=256, ctx 128, batch 16, "
-             f"base after 200 AdamW steps. Error of the pseudo-gradient against the first run on {dev}. "
+             f"torch {torch.__version__}; task precision `{args.precision}`. Model: 4-layer GPT d=256, ctx 128, "
+             f"batch 16, base after {args.warm_steps} AdamW steps. Error of the pseudo-gradient against the first run on {dev}. "
              f"Default tolerance: relative L2 error <= {tol.rel_error}, cosine >= {tol.min_cosine}.\n",
              "| H | case | relative L2 error | cosine | passes |", "|---|---|---|---|---|"]
     lines += [f"| {r['h']} | {r['case']} | {r['rel_error']:.2e} | {r['cosine']:.6f} | {'yes' if r['passes'] else 'no'} |"
