@@ -16,6 +16,7 @@ verification by recomputation at --verify-rate. Val loss is reported relative to
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import platform
@@ -184,6 +185,7 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+@functools.cache  # read once per process, not once per run
 def _machine() -> str:
     import os
 

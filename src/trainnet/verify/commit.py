@@ -41,6 +41,20 @@ def residual_digest(residuals: ParamDict) -> str:
     return h.hexdigest()
 
 
+def encode_committed(feedback: ErrorFeedback, delta: ParamDict, codec: str
+                     ) -> tuple[ParamDict, ParamDict, ParamDict, dict[str, str]]:
+    """Encode Δ through error feedback and commit to the residual: (what to send, r_in, r_out, commitments).
+
+    A task whose codec is not the feedback's (the warm start, sent whole) bypasses error feedback and
+    leaves the residual unchanged. `commitments` is {"ef_in", "ef_out"} for the update header; r_in / r_out
+    are copies, what the worker reveals if the task is audited. The one implementation of what an
+    audit replays (verifier.py), shared by the real worker and the simulator."""
+    r_in = {k: v.clone() for k, v in feedback.residuals.items()}
+    encoded = feedback.compress(delta)[0] if codec == feedback.codec.spec else delta
+    r_out = {k: v.clone() for k, v in feedback.residuals.items()}
+    return encoded, r_in, r_out, {"ef_in": residual_digest(r_in), "ef_out": residual_digest(r_out)}
+
+
 class CommittingUploader:
     """An Uploader (sim/upload.py) whose header also carries the residual commitments ef_in / ef_out."""
 
@@ -49,15 +63,9 @@ class CommittingUploader:
         self.last_residuals: tuple[ParamDict, ParamDict] = ({}, {})
 
     def encode(self, delta: ParamDict, spec: TaskSpec, node_id: str) -> bytes:
-        r_in = {k: v.clone() for k, v in self.feedback.residuals.items()}
         codec = getattr(spec, "codec", "") or self.feedback.codec.spec
-        if codec == self.feedback.codec.spec:
-            encoded, _ = self.feedback.compress(delta)
-        else:  # a task with its own codec (the warm start, sent whole) bypasses error feedback, as in Uploader
-            encoded = delta
-        r_out = {k: v.clone() for k, v in self.feedback.residuals.items()}
+        encoded, r_in, r_out, commit = encode_committed(self.feedback, delta, codec)
         self.last_residuals = (r_in, r_out)
-        extra = {"tokens": spec.tokens, "steps": spec.hparams["steps"],
-                 "ef_in": residual_digest(r_in), "ef_out": residual_digest(r_out)}
+        extra = {"tokens": spec.tokens, "steps": spec.hparams["steps"], **commit}
         return encode_update(encoded, codec, run_id=spec.run_id, node_id=node_id,
                              task_id=spec.task_id, base_version=spec.base_version, extra=extra)

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -37,9 +36,10 @@ from trainnet.model.gpt import GPT, GPTConfig
 from trainnet.protocol import auth
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
 from trainnet.train.local import TaskHParams, params_of, run_task
-from trainnet.verify.commit import EMPTY_DIGEST, residual_digest
+from trainnet.verify.commit import EMPTY_DIGEST, encode_committed
 from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
 from trainnet.worker.reveal import RevealStore, reveal_body
+from trainnet.worker.signals import stop_signals
 from trainnet.worker.status import StatusLine, human_bytes
 from trainnet.worker.store import ModelFormatError, WorkerStore, check_params
 
@@ -144,7 +144,6 @@ class Worker:
         self.results: dict[str, int] = {}
         # task_id -> (r_in, r_out) of uploads that may have to be revealed (audited or outcome unknown)
         self.revealable: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
-        self.reveals = RevealStore(Path(opts.state_dir) / "reveal-unset")  # replaced once the run is known
         self._cannot_reveal: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -165,27 +164,27 @@ class Worker:
 
     def run(self) -> int:
         """Work until the run is done, --max-tasks is reached, a stop signal, or the coordinator is gone."""
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
         if self.opts.threads > 0:
             torch.set_num_threads(self.opts.threads)
-        try:
-            return self._loop()
-        except (_StopNow, Stopped):
-            return EXIT_OK
-        except Unreachable as exc:
-            self.status.log(f"coordinator unreachable: {exc}")
-            return EXIT_UNREACHABLE
-        except _Refused:
-            return EXIT_REFUSED
-        finally:
-            self.interruptible = False
-            self._give_back()
-            self.client.close()
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
+        with stop_signals(self._on_signal):
+            try:
+                return self._loop()
+            except (_StopNow, Stopped):
+                return EXIT_OK
+            except Unreachable as exc:
+                self.status.log(f"coordinator unreachable: {exc}")
+                return EXIT_UNREACHABLE
+            except _Refused:
+                return EXIT_REFUSED
+            finally:
+                self.interruptible = False
+                self._give_back()
+                self.client.close()
+
+    @property
+    def reveals(self) -> RevealStore:
+        """Residual pairs kept on disk for audits of this run (derived from the run id; stateless)."""
+        return RevealStore(self.store.feedback_dir(self.run_id) / "reveal", REVEAL_KEEP)
 
     def _hold(self, task: dict[str, Any] | None) -> None:
         self.task = task
@@ -234,7 +233,6 @@ class Worker:
             if held is not None:
                 self.version, self.params, self.chain = held
             self.ef = ErrorFeedback.load(self.store.feedback_dir(run_id), codec)
-            self.reveals = RevealStore(self.store.feedback_dir(run_id) / "reveal", REVEAL_KEEP)
         reply = self.client.register(self.opts.join_token, info={"device": self.device,
                                                                   "threads": torch.get_num_threads()})
         self.status.log(f"registered {self.node_id} in run {self.run_id} (codec {self.codec}, device {self.device}, "
@@ -388,17 +386,12 @@ class Worker:
                 reading: EnergyReading | None = None) -> None:
         task_id, base = str(task["task_id"]), int(task["base_version"])
         self.status.update(phase="encoding")
-        old = {k: v.clone() for k, v in self.ef.residuals.items()}
         codec = str(task.get("codec") or self.codec)
-        if codec == self.codec:
-            encoded, _ = self.ef.compress(result.delta)
-        else:  # a task with its own codec (the warm start, sent whole) bypasses error feedback
-            encoded = result.delta
-        new = {k: v.clone() for k, v in self.ef.residuals.items()}
+        # The update and the residual commitments (the digest of a zero or absent residual is EMPTY_DIGEST).
+        encoded, old, new, commit = encode_committed(self.ef, result.delta, codec)
+        revealable = commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST
         loss = result.loss_mean if math.isfinite(result.loss_mean) else result.loss_last
         energy = energy_extra(reading)
-        # The residual commitments (the digest of a zero or absent residual is EMPTY_DIGEST).
-        commit = {"ef_in": residual_digest(old), "ef_out": residual_digest(new)}
         body = encode_update(encoded, codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
                              base_version=base, extra={"tokens": result.tokens, "steps": result.steps,
                                                        "loss": float(loss), **energy, **commit})
@@ -408,7 +401,7 @@ class Worker:
         # Until the outcome is known the saved residual is the zero one: a worker killed mid-upload
         # restarts from a reset, which continues the coordinator's chain whatever became of the upload.
         ErrorFeedback(self.ef.codec).save(self.store.feedback_dir(self.run_id))
-        if commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST:
+        if revealable:
             self.reveals.put(task_id, old, new)  # on disk before the upload: a restart can still reveal
         accepted, outcome, audit, unknown = False, "", {}, False
         try:
@@ -434,7 +427,6 @@ class Worker:
         else:
             self.ef.residuals = old  # this task will be redone elsewhere; forget its contribution
             self.ef.save(self.store.feedback_dir(self.run_id))
-        revealable = commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST
         if revealable and (unknown or (accepted and audit.get("reveal"))):
             self.revealable[task_id] = (old, new)
             while len(self.revealable) > REVEAL_KEEP:

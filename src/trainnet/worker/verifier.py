@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import signal
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from trainnet.train.local import params_of
 from trainnet.verify import Tolerance, Unverifiable, Verifier
 from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
 from trainnet.worker.node import resolve_device
+from trainnet.worker.signals import stop_signals
 from trainnet.worker.store import ModelFormatError, check_params
 
 log = logging.getLogger("trainnet.verifier")
@@ -133,29 +133,24 @@ class VerifierNode:
 
     def run(self) -> int:
         """Verify until the run is done, --max-audits, a stop signal, or the coordinator is gone."""
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
         if self.opts.threads > 0:
             torch.set_num_threads(self.opts.threads)
-        try:
-            return self._loop()
-        except Stopped:
-            return EXIT_OK
-        except Unreachable as exc:
-            log.error("coordinator unreachable: %s", exc)
-            return EXIT_UNREACHABLE
-        except _Refused as exc:
-            log.error("refused: %s", exc)
-            return EXIT_REFUSED
-        except Unverifiable as exc:
-            log.error("cannot verify this run here: %s", exc)
-            return EXIT_UNVERIFIABLE
-        finally:
-            self.client.close()
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
+        with stop_signals(self._on_signal):
+            try:
+                return self._loop()
+            except Stopped:
+                return EXIT_OK
+            except Unreachable as exc:
+                log.error("coordinator unreachable: %s", exc)
+                return EXIT_UNREACHABLE
+            except _Refused as exc:
+                log.error("refused: %s", exc)
+                return EXIT_REFUSED
+            except Unverifiable as exc:
+                log.error("cannot verify this run here: %s", exc)
+                return EXIT_UNVERIFIABLE
+            finally:
+                self.client.close()
 
     def _loop(self) -> int:
         self.start()
