@@ -61,13 +61,16 @@ class ConsensusConfig:
     partial_scaling: bool = True  # a partial (grace-window) merge moves the model by len/quorum of a step
     stale_mode: str = "endpoint"  # damp | endpoint (re-base stale updates on the current model)
     token_weighting: bool = True
-    aggregator: str = "mean"
+    # Secure by default (docs/SECURITY.md): "robust" is norm_clip:2+trimmed_mean:0.2, a norm bound (every
+    # update clipped to 2x the median norm of its merge) in front of a 20% coordinate-wise trimmed mean.
+    # "mean" turns robust aggregation off; every entry point then warns (defence_report).
+    aggregator: str = "robust"
     lease_s: float = 600.0  # a lease not answered in this long expires and its shard is requeued
     max_leases_per_node: int = 1
     warm_start: float = 0.0  # share of the token budget trained first by one node in one task
     # Verification by recomputation (docs/SECURITY.md): share of accepted tasks re-executed by a verifier,
     # failed audits that ban a node, and the comparison tolerance (relative L2 error, cosine).
-    verify_rate: float = 0.0
+    verify_rate: float = 0.12  # the measured default (bench/results/security.md); 0 turns verification off
     # Probation: a node's first verify_probation accepted updates are always audited (when verify_rate > 0),
     # so a node that cheats from its first task is banned at once, and so is every fresh Sybil identity.
     verify_probation: int = 1
@@ -121,6 +124,28 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def defence_report(cfg: RunConfig) -> dict[str, Any]:
+    """The run's defences and, in `off`, one warning per part the operator turned off (printed by every
+    entry point at start and shown in /v1/status): robust aggregation, the norm bound, verification,
+    probation."""
+    c = cfg.consensus
+    spec = c.aggregator
+    resolved = "norm_clip:2+trimmed_mean:0.2" if spec == "robust" else spec
+    off = []
+    if resolved.split(":")[0].split("+")[-1] == "mean" and "+" not in resolved:
+        off.append("robust aggregation is OFF (consensus.aggregator = 'mean'): one update can move the model "
+                   "arbitrarily far")
+    elif not resolved.startswith("norm_clip"):
+        off.append(f"no norm bound in front of the rule (consensus.aggregator = {spec!r}): add 'norm_clip:2+'")
+    if c.verify_rate <= 0:
+        off.append("verification is OFF (consensus.verify_rate = 0): cheaters are never caught or banned")
+    elif c.verify_probation <= 0:
+        off.append("audit probation is OFF (consensus.verify_probation = 0): a fresh identity's first updates "
+                   "are audited only at the base rate")
+    return {"aggregator": resolved, "verify_rate": c.verify_rate, "verify_probation": c.verify_probation,
+            "off": off}
 
 
 class ConfigError(ValueError):

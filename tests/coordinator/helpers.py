@@ -28,6 +28,10 @@ from trainnet.protocol.auth import (
 )
 from trainnet.protocol.wire import encode_update
 from trainnet.train.local import TaskHParams, run_task
+from trainnet.verify import EMPTY_DIGEST
+
+# An fp32 upload has no error-feedback residual: an honest worker commits to the empty residual.
+HONEST_FP32_COMMITMENTS = {"ef_in": EMPTY_DIGEST, "ef_out": EMPTY_DIGEST}
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -156,7 +160,8 @@ class Client:
         res = run_task(self.model, base, tokens, TaskHParams(**task["hparams"]), seed=task["seed"])
         return encode_update(res.delta, codec=self.info["codec"], run_id=self.info["run_id"],
                              node_id=self.node_id, task_id=task["task_id"], base_version=task["base_version"],
-                             extra={"tokens": res.tokens, "steps": res.steps, "loss": res.loss_mean})
+                             extra={"tokens": res.tokens, "steps": res.steps, "loss": res.loss_mean,
+                                    **HONEST_FP32_COMMITMENTS})
 
     def upload(self, task: dict, payload: bytes, sig_task: dict | None = None) -> httpx.Response:
         t = sig_task or task

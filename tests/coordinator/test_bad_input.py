@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 import torch
-from helpers import Client, ServerProc, free_port, make_run
+from helpers import HONEST_FP32_COMMITMENTS, Client, ServerProc, free_port, make_run
 
 from trainnet.coordinator.limits import ApiError, RateLimiter, parse_json_object
 from trainnet.protocol.auth import sign_request
@@ -121,7 +121,7 @@ def test_uploads(server, client):
     err(c.upload(task, b"\x00" * (600 << 10)), 413, "payload_too_large")
     # Wrong shapes and NaN, properly encoded and signed.
     delta = {k: torch.zeros(3) for k in ("a", "b")}
-    extra = {"tokens": task["tokens"], "steps": task["hparams"]["steps"], "loss": 1.0}
+    extra = {"tokens": task["tokens"], "steps": task["hparams"]["steps"], "loss": 1.0, **HONEST_FP32_COMMITMENTS}
     kw = dict(run_id=c.info["run_id"], node_id=c.node_id, task_id=task["task_id"],
               base_version=task["base_version"], extra=extra)
     err(c.upload(task, encode_update(delta, codec="fp32", **kw)), 422, "bad_shape")

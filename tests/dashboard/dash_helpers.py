@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import torch
-from helpers import Client, ServerProc, free_port, make_run
+from helpers import HONEST_FP32_COMMITMENTS, Client, ServerProc, free_port, make_run
 
 from trainnet.protocol.wire import encode_update
 from trainnet.train.local import TaskHParams, run_task
@@ -25,7 +25,8 @@ def train_bytes(c: Client, task: dict[str, Any], energy: dict[str, Any] | None =
     assert hashlib.sha256(shard).hexdigest() == task["shard_sha256"]
     tokens = torch.frombuffer(bytearray(shard), dtype=torch.uint8)
     res = run_task(c.model, base, tokens, TaskHParams(**task["hparams"]), seed=task["seed"])
-    extra = {"tokens": res.tokens, "steps": res.steps, "loss": res.loss_mean, **(energy or {})}
+    extra = {"tokens": res.tokens, "steps": res.steps, "loss": res.loss_mean, **(energy or {}),
+             **HONEST_FP32_COMMITMENTS}
     return encode_update(res.delta, codec=c.info["codec"], run_id=c.info["run_id"], node_id=c.node_id,
                          task_id=task["task_id"], base_version=task["base_version"], extra=extra)
 

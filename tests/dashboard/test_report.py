@@ -67,7 +67,10 @@ def test_event_log_matches_the_store_and_catches_up(finished):
     finally:
         store.close()
     assert [e["id"] for e in lines] == list(range(1, n + 1))
-    assert lines[-1]["kind"] == "run_done" and {"time", "kind", "data"} <= set(lines[0])
+    kinds = [e["kind"] for e in lines]
+    assert "run_done" in kinds and {"time", "kind", "data"} <= set(lines[0])
+    # Audits of the last updates may still be decided after the run is done; nothing else happens then.
+    assert all(k.startswith("audit_") for k in kinds[kinds.index("run_done") + 1:]), kinds
     # A crash can tear the last line or lose the append: the next start writes what is missing, once.
     text = log.read_text()
     cut = text.rfind("\n", 0, len(text) // 2)

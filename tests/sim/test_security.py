@@ -26,8 +26,10 @@ def test_attack_with_no_malicious_workers_is_the_clean_run(small_corpus, make_ti
 
 
 def test_plain_mean_is_hurt_by_scaled_sign_flip(small_corpus, make_tiny_config):
-    clean = simulate(make_tiny_config(), corpus=small_corpus)
-    bad = simulate(make_tiny_config(**{"sim.attack": '"sign_flip:s=4"', "sim.malicious": 0.25}), corpus=small_corpus)
+    off = {"consensus.aggregator": '"mean"', "consensus.verify_rate": 0.0}  # every defence turned off explicitly
+    clean = simulate(make_tiny_config(**off), corpus=small_corpus)
+    bad = simulate(make_tiny_config(**off, **{"sim.attack": '"sign_flip:s=4"', "sim.malicious": 0.25}),
+                   corpus=small_corpus)
     assert bad["final_val_loss"] > clean["final_val_loss"] + 0.5
     assert len(bad["malicious_nodes"]) == 1 and bad["banned_nodes"] == []  # no verification: nobody is banned
 

@@ -35,7 +35,7 @@ def test_auto_is_fp32_on_cpu_and_bf16_is_honoured(small_corpus):
 
 
 def test_verified_runs_pin_auto_to_fp32(make_tiny_config):
-    cfg = make_tiny_config()
+    cfg = make_tiny_config(**{"consensus.verify_rate": 0.0})
     assert task_precision(cfg) == "auto"
     cfg.consensus.verify_rate = 0.1
     assert task_precision(cfg) == "fp32" and coordinator_config(cfg).precision == "fp32"

@@ -35,6 +35,7 @@ from safetensors.torch import load as st_load
 
 from trainnet.coordinator.core import Audit, Coordinator
 from trainnet.coordinator.limits import ApiError
+from trainnet.protocol.ids import ID_RE
 from trainnet.protocol.messages import TaskSpec
 from trainnet.protocol.wire import decode_update
 from trainnet.verify import CHAIN_BREAK, EMPTY_DIGEST, CommitmentChain, Tolerance, Verifier, residual_digest
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainnet.coordinator")
 
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TASK_ID_RE = ID_RE  # one pattern for every id at the edge (protocol/ids.py)
 CHAIN_BAN_REASON = "residual commitment chain broken"
 NO_REVEAL = "no_reveal"
 ParamDict = dict[str, torch.Tensor]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as st_load
 
+from trainnet.config import defence_report
 from trainnet.coordinator.audits import CHAIN_BAN_REASON, TASK_ID_RE, commitments, parse_residuals
 from trainnet.coordinator.core import REJECT_BANNED, REJECT_UNKNOWN_NODE
 from trainnet.coordinator.limits import ApiError, RateLimiter, check_info, parse_json_object
@@ -37,6 +38,7 @@ from trainnet.protocol.auth import (
     verify_request,
     verify_update,
 )
+from trainnet.protocol.ids import is_id
 from trainnet.protocol.messages import (
     Heartbeat,
     LeaseRequest,
@@ -191,6 +193,8 @@ class Api:
         except WireFormatError as exc:
             raise ApiError(422, "bad_payload", str(exc)[:300]) from None
         h = upd.header
+        if not is_id(h.task_id):
+            raise ApiError(422, "bad_payload", "update header task_id must be 1-64 characters of A-Z a-z 0-9 _ -")
         digest = hashlib.sha256(body).hexdigest()
         if not verify_update(pub, sig, h.run_id, h.node_id, h.task_id, h.base_version, digest):
             raise ApiError(401, "bad_signature", "update signature does not match the payload")
@@ -206,7 +210,7 @@ class Api:
         svc.count_bytes("update_in", len(body))
         # The wire bytes are made durable before taking the lock (overlapping fsyncs); unique name,
         # so a replay never touches stored evidence; deleted again if the core refuses the update.
-        path = svc.store.write_blob(svc.store.unique_update_path(h.task_id), body)
+        path = svc.store.write_blob(svc.store.new_update_path(), body)
         svc.crash_point("update_file_written")
         msg = UpdateSubmission(node_id, h.task_id, h.base_version, upd.tensors, tokens, steps,
                                loss if loss is not None else float("nan"), wire_bytes=len(body))
@@ -266,7 +270,7 @@ class Api:
                 raise p
             ef_in, ef_out = p.ef_in, p.ef_out
         parse_residuals(body, svc.coord.template, ef_in, ef_out)  # off the lock; the template never changes
-        path = svc.store.write_blob(f"audits/{task_id}.{secrets.token_hex(8)}.safetensors", body)
+        path = svc.store.write_blob(f"audits/{secrets.token_hex(16)}.safetensors", body)
         try:
             err = svc.locked_step(lambda: svc.audits.revealed(svc.coord, node_id, task_id, path, now), now,
                                   persist=lambda e: e is None)
@@ -335,6 +339,7 @@ class Api:
                                       if t in svc.coord.audits and d >= time.time()),
                 "coordinator_steps": svc.auditor.steps_here}
             out["store"] = svc.store.counts()
+        out["defences"] = defence_report(svc.cfg)
         return out
 
 

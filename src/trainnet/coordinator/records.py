@@ -63,7 +63,7 @@ class CoordinatorConfig:
     # full step, so every accepted update weighs the same whether it arrived in a full or partial buffer.
     partial_scaling: bool = True
     token_weighting: bool = True
-    aggregator: str = "mean"
+    aggregator: str = "robust"
     lease_s: float = 600.0
     max_leases_per_node: int = 1
     # Warm start: the first task is one long task of this many tokens on a single node, applied as
@@ -73,7 +73,7 @@ class CoordinatorConfig:
     warm_start_codec: str = "fp32"  # the warm start is sent whole: sparsifying it would lose most of it
     # Verification by recomputation: this share of accepted tasks is audited (chosen by a keyed hash
     # the workers cannot predict); `ban_after_failures` failed audits ban a node.
-    verify_rate: float = 0.0
+    verify_rate: float = 0.12
     verify_probation: int = 1  # a node's first N accepted regular updates are always audited
     ban_after_failures: int = 1
     audit_key: str = "change-me"  # secret in deployments: it decides which tasks are audited

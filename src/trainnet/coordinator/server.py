@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from trainnet.config import RunConfig
+from trainnet.config import RunConfig, defence_report
 from trainnet.coordinator.app import create_app
 from trainnet.coordinator.limits import ServerLimits
 from trainnet.coordinator.service import CoordinatorService
@@ -36,6 +36,8 @@ def serve(cfg: RunConfig, state_dir: Path, host: str = "127.0.0.1", port: int = 
     """Load (or create) the store, then serve until stopped."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in defence_report(cfg)["off"]:
+        logging.getLogger("trainnet.coordinator").warning("defence off: %s", warning)
     svc = CoordinatorService(cfg, state_dir, limits, eval_interval_s=eval_interval_s, tracker=tracker)
     app = create_app(svc, join_token=join_token, allow_keys=allow_keys)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,

@@ -170,9 +170,10 @@ class Store:
         except FileNotFoundError:
             pass
 
-    def unique_update_path(self, task_id: str) -> str:
-        # Random suffix: a replayed upload for the same task never overwrites the stored evidence.
-        return f"updates/{task_id}.{secrets.token_hex(8)}.tnup"
+    def new_update_path(self) -> str:
+        """A fresh server-chosen name for an upload: no client string ever names a file, and a replayed
+        upload for the same task never overwrites the stored evidence."""
+        return f"updates/{secrets.token_hex(16)}.tnup"
 
     # ------------------------------------------------------------------ rows
     def get_meta(self, key: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from trainnet.config import ConfigError, load_config
+from trainnet.config import ConfigError, defence_report, load_config
 
 
 @click.command("simulate")
@@ -53,6 +53,9 @@ def simulate_cmd(config_path, workers, tokens, dropout, seed, algo, codec, data_
     from trainnet.sim.sync import run_sync
 
     run = run_sync if cfg.sim.algo == "sync" else simulate
+    if cfg.sim.algo != "sync":
+        for warning in defence_report(cfg)["off"]:
+            click.echo(f"WARNING: {warning}", err=True)
     try:
         with progress_line(cfg.sim.tokens, f"{cfg.sim.algo} x{cfg.sim.workers}", disable=quiet) as update:
             result = run(cfg, on_progress=update)

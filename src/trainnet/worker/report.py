@@ -69,6 +69,19 @@ def energy_line(rows: list[dict[str, Any]]) -> str:
             f"{'; '.join(sources)})")
 
 
+def defence_line(status: dict[str, Any]) -> str:
+    """The run's defences as /v1/status reports them, with the audits passed / failed and bans."""
+    d = status.get("defences") or {}
+    banned = [n.get("node_id") for n in status.get("node_table") or [] if n.get("banned")]
+    line = (f"-- defences: rule {d.get('aggregator', '?')}, verification {100 * float(d.get('verify_rate') or 0):.0f}% "
+            f"+ probation {d.get('verify_probation', '?')}: audits passed {status.get('audits_passed', 0)}, "
+            f"failed {status.get('audits_failed', 0)}, pending {status.get('audits_pending', 0)}; "
+            f"banned {len(banned)}" + (f" ({', '.join(map(str, banned))})" if banned else ""))
+    for w in d.get("off") or []:
+        line += f"\n   WARNING: {w}"
+    return line
+
+
 def _mean(xs: list[Any]) -> float:
     vals = [float(x) for x in xs if isinstance(x, int | float) and math.isfinite(float(x))]
     return sum(vals) / len(vals) if vals else float("nan")
@@ -136,6 +149,7 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
         key = "accepted" if r.get("accepted") else str(r.get("outcome", "?")).split(" (")[0]
         outcomes[key] = outcomes.get(key, 0) + 1
     echo(f"-- workers saw: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items())) or 'nothing'}")
+    echo(defence_line(status))
     try:
         ckpt, v = _save_final_model(cluster, out, info)
     except Exception as exc:  # the summary is still useful without the model
