@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainnet.protocol.wire import WireFormatError, decode_header, decode_update, encode_update
+from trainnet.protocol.wire import WireFormatError, block_hashes, decode_header, decode_update, encode_update
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
 G = torch.Generator().manual_seed(0)
@@ -28,10 +28,14 @@ def split(data: bytes) -> tuple[dict, bytes]:
     return json.loads(data[12 : 12 + hlen]), data[12 + hlen :]
 
 
-def frame(header: dict | str, payload: bytes, fix_hash: bool = True, prefix: tuple = (b"TNUP", 1, 0)) -> bytes:
+def frame(header: dict | str, payload: bytes, fix_hash: bool = True, prefix: tuple = (b"TNUP", 2, 0)) -> bytes:
     """Assemble a message; by default with a correct sha256, so deeper checks are reached."""
     if isinstance(header, dict) and fix_hash:
         header = {**header, "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        for t in header.get("tensors") if isinstance(header.get("tensors"), list) else []:
+            for p in t.get("parts", []) if isinstance(t, dict) and isinstance(t.get("parts"), list) else []:
+                if isinstance(p, dict) and isinstance(p.get("offset"), int) and isinstance(p.get("length"), int):
+                    p["sha256"] = block_hashes(payload[p["offset"]:p["offset"] + p["length"]])
     text = header if isinstance(header, str) else json.dumps(header)
     hb = text.encode("utf-8", "surrogatepass")
     return struct.pack("<4sHHI", *prefix, len(hb)) + hb + payload
@@ -75,7 +79,7 @@ def test_truncation_and_extension_rejected(spec: str, data: st.DataObject) -> No
 @given(junk=st.binary(max_size=300))
 def test_garbage_rejected(junk: bytes) -> None:
     rejects(junk)
-    rejects(b"TNUP\x01\x00\x00\x00" + struct.pack("<I", len(junk)) + junk)
+    rejects(b"TNUP\x02\x00\x00\x00" + struct.pack("<I", len(junk)) + junk)
 
 
 @SETTINGS
@@ -124,7 +128,8 @@ def _mutated(spec: str, **changes) -> bytes:
         ({"base_version": 2**64}, "base_version"),
         ({"run_id": ["r"]}, "run_id"),
         ({"run_id": "a\nb"}, "control"),
-        ({"format": 2}, "format"),
+        ({"format": 1}, "format"),
+        ({"hash_block": 4096}, "hash_block"),
         ({"extra": []}, "extra"),
         ({"tensors": {}}, "tensors"),
         ({"payload_bytes": 1}, "payload_bytes"),
@@ -152,7 +157,7 @@ def test_duplicate_names_keys_and_deep_nesting() -> None:
 def test_framing_errors() -> None:
     msg = VALID["q4"]
     rejects(b"XXXX" + msg[4:], "magic")
-    rejects(msg[:4] + b"\x02\x00" + msg[6:], "version")
+    rejects(msg[:4] + b"\x01\x00" + msg[6:], "version")
     rejects(msg[:6] + b"\x01\x00" + msg[8:], "flags")
     rejects(msg[:8] + struct.pack("<I", 2**32 - 1) + msg[12:], "header length")
     rejects(msg[:8] + struct.pack("<I", 3) + msg[12:], "JSON")
@@ -243,5 +248,6 @@ def test_structured_header_mutations_rejected_cleanly(spec: str, data: st.DataOb
         assert "malformed update (" not in str(exc), str(exc)
         return
     # Only free-form fields may change without breaking the message (frame() re-fixes the hash).
-    assert path[0] in ("run_id", "node_id", "task_id", "extra", "base_version", "payload_sha256") or (
+    assert path[0] in ("run_id", "node_id", "task_id", "extra", "base_version", "payload_sha256") or \
+        "sha256" in path or (
         path[-1] == "name" and path[-3] == "tensors")

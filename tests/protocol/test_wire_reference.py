@@ -50,7 +50,7 @@ def value_stage(stage: str, parts: list, payload: bytes, m: int, default_block: 
 
 def reference_decode(data: bytes) -> dict[str, np.ndarray]:
     magic, version, flags, hlen = struct.unpack_from("<4sHHI", data)
-    assert (magic, version, flags) == (b"TNUP", 1, 0)
+    assert (magic, version, flags) == (b"TNUP", 2, 0)
     h = json.loads(data[12 : 12 + hlen])
     payload = data[12 + hlen :]
     assert len(payload) == h["payload_bytes"] and hashlib.sha256(payload).hexdigest() == h["payload_sha256"]

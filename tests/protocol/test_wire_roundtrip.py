@@ -39,7 +39,7 @@ def test_roundtrip_equals_codec_decode(spec: str) -> None:
     upd = decode_update(data)
     h = upd.header
     assert (h.run_id, h.node_id, h.task_id, h.base_version, h.codec) == ("run-1", "node-ä", "t7", 12, spec)
-    assert h.extra == {"tokens": 4096, "note": [1, "x"]} and h.format_version == 1
+    assert h.extra == {"tokens": 4096, "note": [1, "x"]} and h.format_version == 2
     assert [(t.name, t.shape, t.numel) for t in h.tensors] == [(k, tuple(v.shape), v.numel()) for k, v in ts.items()]
     assert h.payload_sha256 == hashlib.sha256(data[12 + struct.unpack_from("<I", data, 8)[0]:]).hexdigest()
     c = parse_codec(spec)
@@ -54,9 +54,12 @@ def test_roundtrip_equals_codec_decode(spec: str) -> None:
 def test_layout_prefix_and_header() -> None:
     data = encode_update({"a": torch.arange(4.0)}, "fp16")
     magic, version, flags, hlen = struct.unpack_from("<4sHHI", data)
-    assert (magic, version, flags) == (b"TNUP", 1, 0)
+    assert (magic, version, flags) == (b"TNUP", 2, 0)
     header = json.loads(data[12 : 12 + hlen])
-    assert header["tensors"][0]["parts"] == [{"name": "v", "dtype": "float16", "offset": 0, "length": 8}]
+    raw = torch.arange(4.0).half().numpy().astype("<f2").tobytes()
+    assert header["tensors"][0]["parts"] == [{"name": "v", "dtype": "float16", "offset": 0, "length": 8,
+                                              "sha256": [hashlib.sha256(raw).hexdigest()]}]
+    assert header["hash_block"] == 1 << 20
     assert data[12 + hlen :] == torch.arange(4.0).half().numpy().astype("<f2").tobytes()
     assert header["payload_bytes"] == 8
 
@@ -84,7 +87,7 @@ def test_header_only_and_encoded_views() -> None:
 def test_bits_per_param_of_large_update_is_tight() -> None:
     t = {"w": torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))}
     bits = encoded_size_bits_per_param(encode_update(t, "topk:0.015+q2"))
-    assert bits < 0.225  # 0.2197 payload + a few hundred header bytes
+    assert bits < 0.228  # 0.2197 payload + the header (format 2 adds a sha256 per MiB of each part)
 
 
 @pytest.mark.parametrize(

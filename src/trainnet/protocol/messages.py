@@ -1,16 +1,14 @@
-"""Protocol messages between workers and the coordinator, as plain dataclasses.
+"""Protocol messages between workers and the coordinator's engine, as plain dataclasses.
 
-The sans-IO `Coordinator` takes these and returns replies; the HTTP shell maps them to JSON
-(tensors travel separately, in the update wire format). Every field is a JSON-able scalar except
-`UpdateSubmission.delta`, which the shell fills from a validated decoded payload.
+The sans-IO engine (`trainnet.core.Coordinator`) takes these and returns replies; the service layer maps them
+to and from signed HTTP requests (docs/PROTOCOL.md). No message carries tensors: an update is a blob in the
+BlobStore, referenced by key and committed to by its sha256 (`UpdateSubmission`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,7 @@ class Register:
     node_id: str
     public_key: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    token_id: str = ""  # the join token's id ("" when the run needs none)
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,8 @@ class LeaseRequest:
 
 @dataclass(frozen=True)
 class NoTask:
-    reason: str  # "budget_reached" | "lease_limit" | "unknown_node" | "banned" | "done" | "all_shards_leased"
+    # "budget_reached" | "lease_limit" | "unknown_node" | "banned" | "done" | "warming_up" | "starting"
+    reason: str
     retry_after_s: float = 5.0
 
 
@@ -65,6 +65,8 @@ class NoTask:
 class Heartbeat:
     node_id: str
     task_id: str
+    # The worker's progress on the task: {"steps_done", "steps", "tokens_done", "eta_s"} (validated by the shell).
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,23 +78,32 @@ class HeartbeatReply:
 
 @dataclass
 class UpdateSubmission:
+    """A node's claim that its update for `task_id` is the blob `blob` (sha256, size), encoded with `codec`."""
+
     node_id: str
     task_id: str
     base_version: int
-    delta: dict[str, torch.Tensor]
     tokens: int
     steps: int
-    loss: float = float("nan")
-    wire_bytes: int = 0  # size of the encoded upload, for accounting
+    blob: str
+    sha256: str
+    nbytes: int
+    codec: str
+    ef_in: str = ""  # residual commitments (verify/commit.py); "" when absent
+    ef_out: str = ""
+    loss: float | None = None
+    energy: dict[str, Any] | None = None  # {"joules", "measured", "source", "task_s"}, validated by the shell
+    signature: str = ""  # the node's update signature (evidence)
+    header_sha256: str = ""  # sha256 of the message's prefix + header (signed with the update)
 
 
 @dataclass(frozen=True)
 class SubmitReply:
     accepted: bool
     reason: str  # "ok" or a rejection code
-    version: int  # model version after handling the update
+    version: int  # the latest published model version
     staleness: int = 0
-    aggregated: bool = False
+    audit: dict[str, Any] = field(default_factory=lambda: {"reveal": False})
 
 
 @dataclass(frozen=True)

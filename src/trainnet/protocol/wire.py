@@ -6,8 +6,10 @@
     bits = encoded_size_bits_per_param(data)  # whole message bits / parameters
 
 Layout: b"TNUP" | u16 LE format version | u16 LE flags (0) | u32 LE header length H | H bytes UTF-8 JSON
-header | payload (the parts' raw little-endian buffers, back to back, in header order). Full description:
-docs/PROTOCOL.md, "Update wire format". Every malformed input raises WireFormatError (a ValueError).
+header | payload (the parts' raw little-endian buffers, back to back, in header order). Format 2 adds, per
+part, the sha256 of every `hash_block` bytes of it, so a reader that fetches only a range of the payload
+(an aggregator shard: wire_range.py) can verify what it read. Full description: docs/PROTOCOL.md, "Update
+wire format". Every malformed input raises WireFormatError (a ValueError).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from trainnet.codec.base import DTYPE_NAMES, PART_DTYPES, Codec, EncodedTensor
 from trainnet.codec.spec import parse_codec
 
 MAGIC = b"TNUP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HASH_BLOCK = 1 << 20  # bytes of a part covered by one sha256 in the header (format 2)
 PREFIX = struct.Struct("<4sHHI")  # magic, version, flags, header length
 SOURCE_DTYPES = ("float32", "float16", "bfloat16", "float64")
 _HEADER_KEYS = {"format", "run_id", "node_id", "task_id", "base_version", "codec", "extra", "tensors",
-                "payload_bytes", "payload_sha256"}
+                "payload_bytes", "payload_sha256", "hash_block"}
 _TENSOR_KEYS = {"name", "shape", "dtype", "numel", "parts"}
-_PART_KEYS = {"name", "dtype", "offset", "length"}
+_PART_KEYS = {"name", "dtype", "offset", "length", "sha256"}
 # torch dtype -> (same-width integer dtype to view as, little-endian numpy dtype of that width)
 _RAW = {torch.uint8: (torch.uint8, "<u1"), torch.int16: (torch.int16, "<i2"),
         torch.float16: (torch.int16, "<i2"), torch.bfloat16: (torch.int16, "<i2"),
@@ -63,6 +66,7 @@ class PartEntry:
     dtype: str
     offset: int
     length: int
+    sha256: tuple[str, ...] = ()  # one digest per HASH_BLOCK bytes of the part
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,12 @@ class DecodedUpdate:
     tensors: dict[str, torch.Tensor]
 
 
+def block_hashes(raw: bytes | memoryview) -> list[str]:
+    """sha256 hex of every HASH_BLOCK bytes of a part (the last block may be shorter; none for an empty part)."""
+    view = memoryview(raw)
+    return [hashlib.sha256(view[i:i + HASH_BLOCK]).hexdigest() for i in range(0, len(view), HASH_BLOCK)]
+
+
 def _to_bytes(t: torch.Tensor) -> bytes:
     int_dtype, np_dtype = _RAW[t.dtype]
     return t.detach().cpu().contiguous().view(int_dtype).numpy().astype(np_dtype, copy=False).tobytes()
@@ -130,7 +140,8 @@ def encode_update(tensors: dict[str, torch.Tensor | EncodedTensor], codec: str |
         parts = []
         for pname, p in enc.parts.items():
             raw = _to_bytes(p)
-            parts.append({"name": pname, "dtype": DTYPE_NAMES[p.dtype], "offset": offset, "length": len(raw)})
+            parts.append({"name": pname, "dtype": DTYPE_NAMES[p.dtype], "offset": offset, "length": len(raw),
+                          "sha256": block_hashes(raw)})
             chunks.append(raw)
             offset += len(raw)
         entries.append({"name": name, "shape": list(enc.shape), "dtype": enc.dtype, "numel": enc.numel,
@@ -138,7 +149,8 @@ def encode_update(tensors: dict[str, torch.Tensor | EncodedTensor], codec: str |
     payload = b"".join(chunks)
     header = {"format": FORMAT_VERSION, "run_id": run_id, "node_id": node_id, "task_id": task_id,
               "base_version": base_version, "codec": c.spec, "extra": dict(extra or {}), "tensors": entries,
-              "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+              "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
+              "hash_block": HASH_BLOCK}
     try:
         text = json.dumps(header, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -211,30 +223,38 @@ def _parse_tensor(i: int, t: object, codec: Codec, limits: WireLimits, cursor: i
                                   f"{str(p['name'])[:40]!r} of {str(p['dtype'])[:20]!r}")
         _int(p["offset"], f"{where}.{e.name}.offset", cursor, cursor)
         _int(p["length"], f"{where}.{e.name}.length", e.nbytes, e.nbytes)
-        out.append(PartEntry(e.name, p["dtype"], cursor, e.nbytes))
+        hashes = p["sha256"]
+        if not isinstance(hashes, list) or len(hashes) != -(-e.nbytes // HASH_BLOCK) or not all(
+                isinstance(x, str) and len(x) == 64 and all(ch in "0123456789abcdef" for ch in x) for x in hashes):
+            raise WireFormatError(f"{where}.{e.name}.sha256 must list one 64-hex digest per {HASH_BLOCK} bytes")
+        out.append(PartEntry(e.name, p["dtype"], cursor, e.nbytes, tuple(hashes)))
         cursor += e.nbytes
     return TensorEntry(name, tuple(shape), t["dtype"], numel, tuple(out))
 
 
-def _parse(data: object, limits: WireLimits, verify_hash: bool) -> tuple[WireHeader, Codec, memoryview]:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise WireFormatError(f"update must be bytes, got {type(data).__name__}")
-    data = memoryview(data).cast("B")
-    if len(data) > limits.max_total_bytes:
-        raise WireFormatError(f"update is {len(data)} bytes, over max_total_bytes {limits.max_total_bytes}")
-    if len(data) < PREFIX.size:
-        raise WireFormatError(f"update is {len(data)} bytes, shorter than the {PREFIX.size}-byte prefix")
-    magic, version, flags, hlen = PREFIX.unpack_from(data)
+def parse_prefix(prefix: bytes | memoryview, total: int, limits: WireLimits) -> int:
+    """Check the 12-byte prefix of a `total`-byte message; returns the header length."""
+    if total > limits.max_total_bytes:
+        raise WireFormatError(f"update is {total} bytes, over max_total_bytes {limits.max_total_bytes}")
+    if total < PREFIX.size or len(prefix) < PREFIX.size:
+        raise WireFormatError(f"update is {total} bytes, shorter than the {PREFIX.size}-byte prefix")
+    magic, version, flags, hlen = PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise WireFormatError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
     if version != FORMAT_VERSION:
         raise WireFormatError(f"unsupported format version {version} (this decoder reads {FORMAT_VERSION})")
     if flags != 0:
         raise WireFormatError(f"reserved flags must be 0, got {flags}")
-    if hlen > limits.max_header_bytes or hlen > len(data) - PREFIX.size:
+    if hlen > limits.max_header_bytes or hlen > total - PREFIX.size:
         raise WireFormatError(f"header length {hlen} exceeds the limit or the message size")
+    return hlen
+
+
+def parse_header(hbytes: bytes | memoryview, limits: WireLimits) -> tuple[WireHeader, Codec]:
+    """Validate a header's JSON (the bytes after the prefix) and the layout it declares; nothing is allocated
+    beyond the header itself. The payload length is checked by the caller against `header.payload_bytes`."""
     try:
-        text = bytes(data[PREFIX.size : PREFIX.size + hlen]).decode("utf-8")
+        text = bytes(hbytes).decode("utf-8")
         h = json.loads(text, object_pairs_hook=_no_dup_keys, parse_constant=_reject_constant)
     except WireFormatError:
         raise
@@ -242,6 +262,7 @@ def _parse(data: object, limits: WireLimits, verify_hash: bool) -> tuple[WireHea
         raise WireFormatError(f"header is not valid UTF-8 JSON: {str(exc)[:80]}") from None
     h = _obj(h, _HEADER_KEYS, "header")
     _int(h["format"], "header.format", FORMAT_VERSION, FORMAT_VERSION)
+    _int(h["hash_block"], "header.hash_block", HASH_BLOCK, HASH_BLOCK)
     ids = [_str(h[k], f"header.{k}", limits) for k in ("run_id", "node_id", "task_id")]
     base_version = _int(h["base_version"], "header.base_version", 0, (1 << 63) - 1)
     if not isinstance(h["extra"], dict):
@@ -269,16 +290,29 @@ def _parse(data: object, limits: WireLimits, verify_hash: bool) -> tuple[WireHea
             raise WireFormatError(f"total elements exceed max_total_elements {limits.max_total_elements}")
         cursor = e.parts[-1].offset + e.parts[-1].length if e.parts else cursor
         entries.append(e)
-    payload = data[PREFIX.size + hlen :]
     _int(h["payload_bytes"], "header.payload_bytes", cursor, cursor)
-    if len(payload) != cursor:
-        raise WireFormatError(f"payload is {len(payload)} bytes, header parts add up to {cursor}")
     digest = h["payload_sha256"]
     if not isinstance(digest, str) or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
         raise WireFormatError("header.payload_sha256 must be 64 lowercase hex digits")
-    if verify_hash and hashlib.sha256(payload).hexdigest() != digest:
-        raise WireFormatError("payload sha256 does not match the header")
-    header = WireHeader(FORMAT_VERSION, *ids, base_version, spec, tuple(entries), cursor, digest, h["extra"])
+    return WireHeader(FORMAT_VERSION, *ids, base_version, spec, tuple(entries), cursor, digest, h["extra"]), codec
+
+
+def _parse(data: object, limits: WireLimits, verify_hash: bool) -> tuple[WireHeader, Codec, memoryview]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireFormatError(f"update must be bytes, got {type(data).__name__}")
+    data = memoryview(data).cast("B")
+    hlen = parse_prefix(data[:PREFIX.size], len(data), limits)
+    header, codec = parse_header(data[PREFIX.size:PREFIX.size + hlen], limits)
+    payload = data[PREFIX.size + hlen:]
+    if len(payload) != header.payload_bytes:
+        raise WireFormatError(f"payload is {len(payload)} bytes, header parts add up to {header.payload_bytes}")
+    if verify_hash:
+        if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
+            raise WireFormatError("payload sha256 does not match the header")
+        for e in header.tensors:
+            for p in e.parts:
+                if block_hashes(payload[p.offset:p.offset + p.length]) != list(p.sha256):
+                    raise WireFormatError(f"tensor {e.name!r}: part {p.name!r} does not match its block hashes")
     return header, codec, payload
 
 
@@ -346,3 +380,60 @@ def encoded_size_bits_per_param(data: bytes | WireHeader, total_bytes: int | Non
     header = data if isinstance(data, WireHeader) else decode_header(data, verify_hash=False)
     n = total_bytes if total_bytes is not None else len(data)  # type: ignore[arg-type]
     return 8 * n / max(header.total_numel, 1)
+
+
+class WireWriter:
+    """Build an update message tensor by tensor without holding its payload in memory (aggregators publish
+    model deltas this way).
+
+        w = WireWriter(open(tmp, "w+b"), "q4", run_id="r", base_version=3)
+        w.add("000000000000", encoded_or_tensor); ...
+        for piece in w.pieces(): sink.write(piece)      # prefix + header, then the payload from the file
+
+    The bytes are exactly what `encode_update` makes for the same tensors in the same order.
+    """
+
+    def __init__(self, payload_file, codec: str | Codec, *, run_id: str = "", node_id: str = "", task_id: str = "",
+                 base_version: int = 0, extra: dict | None = None) -> None:
+        self.f = payload_file
+        self.codec = parse_codec(codec) if isinstance(codec, str) else codec
+        self.meta = {"run_id": run_id, "node_id": node_id, "task_id": task_id, "base_version": base_version,
+                     "extra": dict(extra or {})}
+        self.entries: list[dict] = []
+        self.offset = 0
+        self.sha = hashlib.sha256()
+
+    def add(self, name: str, t: torch.Tensor | EncodedTensor) -> EncodedTensor:
+        enc = t if isinstance(t, EncodedTensor) else self.codec.encode(t)
+        self.codec.validate(enc)
+        parts = []
+        for pname, p in enc.parts.items():
+            raw = _to_bytes(p)
+            parts.append({"name": pname, "dtype": DTYPE_NAMES[p.dtype], "offset": self.offset, "length": len(raw),
+                          "sha256": block_hashes(raw)})
+            self.f.write(raw)
+            self.sha.update(raw)
+            self.offset += len(raw)
+        self.entries.append({"name": name, "shape": list(enc.shape), "dtype": enc.dtype, "numel": enc.numel,
+                             "parts": parts})
+        return enc
+
+    def head(self) -> bytes:
+        header = {"format": FORMAT_VERSION, **self.meta, "codec": self.codec.spec, "tensors": self.entries,
+                  "payload_bytes": self.offset, "payload_sha256": self.sha.hexdigest(), "hash_block": HASH_BLOCK}
+        order = ("format", "run_id", "node_id", "task_id", "base_version", "codec", "extra", "tensors",
+                 "payload_bytes", "payload_sha256", "hash_block")
+        hbytes = json.dumps({k: header[k] for k in order}, separators=(",", ":"), allow_nan=False,
+                            ensure_ascii=False).encode("utf-8")
+        return PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes
+
+    def pieces(self, size: int = 1 << 20):
+        """The whole message: prefix and header, then the payload read back from the file."""
+        yield self.head()
+        self.f.flush()
+        self.f.seek(0)
+        while True:
+            piece = self.f.read(size)
+            if not piece:
+                return
+            yield piece

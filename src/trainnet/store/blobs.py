@@ -102,8 +102,12 @@ class BlobStore(abc.ABC):
 
 
 def open_blob_store(url: str | Path) -> BlobStore:
-    """`file:///abs/path`, a plain path (filesystem backend) or `s3://bucket/prefix` (S3 backend)."""
+    """`file:///abs/path`, a plain path (filesystem backend), `s3://bucket/prefix` (S3 backend) or `memory:`."""
     text = str(url)
+    if text == "memory:":
+        from trainnet.store.blob_memory import MemoryBlobStore
+
+        return MemoryBlobStore()
     if text.startswith("s3://"):
         from trainnet.store.blob_s3 import S3BlobStore
 

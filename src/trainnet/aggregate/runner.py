@@ -1,0 +1,56 @@
+"""An aggregator: claims merge tasks from the StateStore and runs them against the BlobStore.
+
+    agg = Aggregator(state, env, owner="host:pid:0")
+    agg.step(time.time())                      # one task if one is ready; True when it ran one
+    agg.run(stop_event, poll_s=0.2)            # until stopped: `trainnet aggregator`, or a thread in-process
+
+Any number of aggregators, on any machines, can serve one run: a task is held by one claimant at a time
+(PostgreSQL: FOR UPDATE SKIP LOCKED), its claim lapses after `lease_s` if the process dies, and a task run
+twice writes the same bytes (every merge is deterministic), so a retry is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from typing import Any
+
+from trainnet.aggregate.merge import ShardEnv, run_merge_task
+from trainnet.store.state import StateStore
+
+log = logging.getLogger("trainnet.aggregate")
+
+
+class Aggregator:
+    def __init__(self, state: StateStore, env: ShardEnv, owner: str, lease_s: float = 300.0) -> None:
+        self.state, self.env, self.owner, self.lease_s = state, env, owner, lease_s
+        self.tasks_done = 0
+        self.seconds = 0.0
+        self.last_error: str | None = None
+
+    def step(self, now: float) -> bool:
+        task = self.state.claim_merge_task(self.owner, now, self.lease_s)
+        if task is None:
+            return False
+        t0 = time.perf_counter()
+        try:
+            result = run_merge_task(task["spec"], self.env)
+        except Exception as exc:  # logged; the claim lapses and the task is retried (here or elsewhere)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("merge task %s shard %s %s failed (attempt %s): %s\n%s", task["job_id"], task["shard"],
+                      task["phase"], task.get("attempt"), exc, traceback.format_exc(limit=4))
+            return False
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        result = result | {"seconds": round(dt, 4), "owner": self.owner}
+        if self.state.finish_merge_task(task["job_id"], task["shard"], task["phase"], self.owner, result):
+            self.tasks_done += 1
+            log.info("merge task %s shard %s %s done in %.2fs", task["job_id"], task["shard"], task["phase"], dt)
+        return True
+
+    def run(self, stop: threading.Event, poll_s: float = 0.2, clock: Any = time.time) -> None:
+        while not stop.is_set():
+            if not self.step(clock()):
+                stop.wait(poll_s)
