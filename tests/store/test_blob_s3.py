@@ -75,6 +75,14 @@ def test_head_403_without_code_is_denied_not_absent(s3_env) -> None:
             store.size("k")
 
 
+def test_wrong_region_says_so(s3_env, boto_session) -> None:
+    store = S3BlobStore.from_url("s3://bucket", session=boto_session)
+    with Stubber(store._client) as stub:
+        stub.add_client_error("get_object", service_error_code="PermanentRedirect", http_status_code=301)
+        with pytest.raises(BlobUnavailable, match="not in region 'us-east-1'.*AWS_REGION"):
+            store.get("k")
+
+
 def test_other_errors_name_the_code(s3_env) -> None:
     store = S3BlobStore.from_url("s3://bucket")
     with Stubber(store._client) as stub:
@@ -97,7 +105,8 @@ def test_from_url_reads_the_environment(s3_env, monkeypatch: pytest.MonkeyPatch)
     store = S3BlobStore.from_url("s3://bkt")
     assert store.region == "auto" and store.prefix == "" and store.url == "s3://bkt"
     assert store._client.meta.config.s3["addressing_style"] == "virtual"
-    assert S3BlobStore.from_url("s3://bkt?path_style=1&region=eu-west-1").region == "eu-west-1"
+    store = S3BlobStore.from_url("s3://bkt/p?path_style=1&region=eu-west-1")
+    assert store.region == "eu-west-1" and store.url == "s3://bkt/p?path_style=1&region=eu-west-1"
 
 
 def test_aws_defaults_without_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -39,6 +39,7 @@ MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 DEFAULT_REGION = "us-east-1"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_WRONG_REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "403"}
 
 
@@ -122,7 +123,10 @@ class S3BlobStore(BlobStore):
             kwargs.setdefault("region", query["region"])
         if "endpoint" in query:
             kwargs.setdefault("endpoint_url", query["endpoint"])
-        return cls(parts.netloc, parts.path, **kwargs)
+        store = cls(parts.netloc, parts.path, **kwargs)
+        if parts.query:
+            store.url += f"?{parts.query}"  # so the URL reopens the same store elsewhere (an aggregator process)
+        return store
 
     def __repr__(self) -> str:
         return f"S3BlobStore({self.url!r}, endpoint={self._where!r})"
@@ -154,6 +158,9 @@ class S3BlobStore(BlobStore):
             if code == "NoSuchBucket" or (code == "404" and key is None):
                 return BlobUnavailable(f"S3 bucket {self.bucket!r} does not exist at {self._where} "
                                        f"(create it, or fix the bucket name in {self.url!r})")
+            if code in _WRONG_REGION or status == 301:
+                return BlobUnavailable(f"S3 bucket {self.bucket!r} is not in region {self.region!r} ({code}): "
+                                       f"set AWS_REGION to the bucket's region")
             if code in _DENIED or status == 403:
                 return BlobUnavailable(f"S3 access denied: {op} {target} at {self._where}: {code} "
                                        f"{err.get('Message', '')}".rstrip() +
