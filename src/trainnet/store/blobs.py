@@ -22,6 +22,7 @@ from pathlib import Path
 
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 MAX_KEY = 512
+PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*/?)?$")
 
 
 class BlobError(Exception):
@@ -48,6 +49,13 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or len(key) > MAX_KEY or ".." in key or not KEY_RE.match(key):
         raise BadKey(f"blob key must match {KEY_RE.pattern} (at most {MAX_KEY} chars, no '..'): {str(key)[:80]!r}")
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """`list(prefix)`'s argument: "" or the start of a key ("updates/", "versions/00"); BadKey otherwise."""
+    if not isinstance(prefix, str) or len(prefix) > MAX_KEY or ".." in prefix or not PREFIX_RE.match(prefix):
+        raise BadKey(f"blob prefix must be empty or the start of a key ({PREFIX_RE.pattern}): {str(prefix)[:80]!r}")
+    return prefix
 
 
 class BlobStore(abc.ABC):
