@@ -79,6 +79,21 @@ class ConsensusConfig:
     audit_key: str = ""
     verify_rel_error: float = 0.05
     verify_min_cosine: float = 0.99
+    reveal_s: float = 0.0  # an audited task's residuals are due this long after acceptance (0: 10 x lease_s)
+    # Swarm scaling: the quorum grows to ceil(active nodes / target_staleness) so that staleness stays near
+    # this many versions whatever the swarm size (core/scaling.py); 0 keeps the quorum fixed.
+    target_staleness: float = 2.0
+
+
+@dataclass
+class AggregateConfig:
+    """The data plane: how many aggregator shards split the parameters, and what each version publishes."""
+
+    shards: int = 1  # parameter ranges, each merged by whichever aggregator process claims it
+    publish_codec: str = "q4"  # the per-version model delta workers download (coordinator-side error feedback)
+    full_every: int = 16  # a full bf16 checkpoint every this many versions (version 0 and the final: exact fp32)
+    block: int = 1 << 20  # parameters per statistics block and published chunk; shards own whole blocks
+    merge_lease_s: float = 300.0  # an aggregator's claim on a merge task lapses after this long
 
 
 @dataclass
@@ -121,6 +136,7 @@ class RunConfig:
     inner: InnerConfig = field(default_factory=InnerConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

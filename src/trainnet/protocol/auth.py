@@ -1,15 +1,16 @@
-"""Node identity and request signing (HTTP protocol v1), shared by the coordinator server and the worker.
+"""Node identity and request signing (HTTP protocol 2), shared by the coordinator server and the worker.
 
     key = load_or_create_key(state_dir)                # ed25519, kept as state_dir/node_key.pem (0600)
     pub = public_key_hex(key)                          # hex of the raw 32-byte public key
     node_id = node_id_of(bytes.fromhex(pub))           # "n" + sha256(pub)[:16]
-    headers = sign_request(key, node_id, "POST", "/v1/lease", body, now=time.time())
-    err = verify_request(pub, headers, "POST", "/v1/lease", body, now=time.time())   # None if ok
-    sig = sign_update(key, run_id, node_id, task_id, base_version, sha256(payload).hexdigest())
-    ok = verify_update(pub, sig, run_id, node_id, task_id, base_version, sha256(payload).hexdigest())
+    headers = sign_request(key, node_id, run_id, "POST", "/v1/lease", body, now=time.time(), counter=ctr.next(now))
+    err, req = verify_request(pub, headers, run_id, "POST", "/v1/lease", now=time.time())   # (None, parsed) if ok
+    sig = sign_update(key, run_id, node_id, task_id, base_version, sha256(payload), sha256(prefix + header))
 
-Signed request message: "trainnet-req/1\\n{METHOD}\\n{PATH}\\n{time}\\n{sha256(body).hexdigest()}".
-Update message: "trainnet-update/1\\n{run_id}\\n{node_id}\\n{task_id}\\n{base_version}\\n{body_sha256}".
+Signed request (protocol 2): "trainnet-req/2\\n{run_id}\\n{METHOD}\\n{PATH}\\n{node_id}\\n{time}\\n{counter}\\n
+{body_sha256}", with the body's sha256 in a header (checked before the body is read) and a per-key counter that
+must grow (replays and other runs' requests are refused). Update message: "trainnet-update/2\\n{run_id}\\n
+{node_id}\\n{task_id}\\n{base_version}\\n{body_sha256}\\n{header_sha256}".
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -31,6 +34,8 @@ HDR_NODE = "X-TrainNet-Node"
 HDR_TIME = "X-TrainNet-Time"
 HDR_SIG = "X-TrainNet-Signature"
 HDR_UPDATE_SIG = "X-TrainNet-Update-Signature"
+HDR_COUNTER = "X-TrainNet-Counter"
+HDR_BODY = "X-TrainNet-Body-SHA256"
 
 # Error codes (the HTTP API's reason codes).
 ERR_BAD_SIGNATURE = "bad_signature"
@@ -78,22 +83,43 @@ def node_id_of(public_key_raw: bytes) -> str:
     return "n" + hashlib.sha256(public_key_raw).hexdigest()[:16]
 
 
-def request_message(method: str, path: str, time_str: str, body: bytes) -> bytes:
-    """The bytes a request signature covers."""
-    digest = hashlib.sha256(body).hexdigest()
-    return f"trainnet-req/1\n{method.upper()}\n{path}\n{time_str}\n{digest}".encode()
+def request_message(run_id: str, method: str, path: str, node_id: str, time_str: str, counter: int,
+                    body_sha256: str) -> bytes:
+    """The bytes a request signature covers (protocol 2): bound to the run, single-use by the counter."""
+    return (f"trainnet-req/2\n{run_id}\n{method.upper()}\n{path}\n{node_id}\n{time_str}\n{int(counter)}\n"
+            f"{body_sha256}").encode()
 
 
 def _fmt_time(now: float) -> str:
     return f"{now:.3f}"
 
 
-def sign_request(key: Ed25519PrivateKey, node_id: str, method: str, path: str, body: bytes,
-                 now: float) -> dict[str, str]:
-    """The three signing headers for a request (merge them into the request's headers)."""
+class Counter:
+    """A node's request counter: strictly increasing, at least the time in microseconds (so a restarted node
+    continues above what it used before), and raised past a coordinator's floor when told (`bump`)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self, now: float) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, int(now * 1e6))
+            return self._last
+
+    def bump(self, floor: int) -> None:
+        with self._lock:
+            self._last = max(self._last, int(floor))
+
+
+def sign_request(key: Ed25519PrivateKey, node_id: str, run_id: str, method: str, path: str, body: bytes,
+                 now: float, counter: int) -> dict[str, str]:
+    """The signing headers of a request (merge them into its headers). The body's sha256 travels in a header
+    so the coordinator checks the signature before it reads a byte of the body."""
     t = _fmt_time(now)
-    sig = key.sign(request_message(method, path, t, body)).hex()
-    return {HDR_NODE: node_id, HDR_TIME: t, HDR_SIG: sig}
+    digest = hashlib.sha256(body).hexdigest()
+    sig = key.sign(request_message(run_id, method, path, node_id, t, counter, digest)).hex()
+    return {HDR_NODE: node_id, HDR_TIME: t, HDR_COUNTER: str(int(counter)), HDR_BODY: digest, HDR_SIG: sig}
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -138,46 +164,70 @@ def _verify(public_key_hex_str: str, signature_hex: str, message: bytes) -> bool
     return True
 
 
-def verify_request(public_key_hex: str, headers: Mapping[str, str], method: str, path: str, body: bytes,
-                   now: float, max_skew: float = MAX_SKEW_S) -> str | None:
-    """Check a request's signature headers: None if valid, else "bad_signature" or "stale_timestamp".
+@dataclass(frozen=True)
+class SignedRequest:
+    node_id: str
+    time: float
+    counter: int
+    body_sha256: str
+    signature: str
 
-    The node header must match the key (node_id_of(public key)); the timestamp must be within
-    `max_skew` seconds of `now`."""
-    node = _header(headers, HDR_NODE)
-    t = _header(headers, HDR_TIME)
-    sig = _header(headers, HDR_SIG)
-    if not node or not t or not sig or len(t) > 32:
-        return ERR_BAD_SIGNATURE
-    pub = load_public_key(public_key_hex)
-    if pub is None or node_id_of(bytes.fromhex(public_key_hex)) != node:
-        return ERR_BAD_SIGNATURE
+
+def parse_signed(headers: Mapping[str, str]) -> SignedRequest | None:
+    """The signing headers, syntactically checked (None if any is missing or malformed)."""
+    node, t, ctr = _header(headers, HDR_NODE), _header(headers, HDR_TIME), _header(headers, HDR_COUNTER)
+    body, sig = _header(headers, HDR_BODY), _header(headers, HDR_SIG)
+    if not node or not t or not ctr or not body or not sig:
+        return None
+    if len(node) > 64 or len(t) > 32 or len(ctr) > 20 or not ctr.isdigit() or len(sig) != 128:
+        return None
+    if len(body) != 64 or any(c not in "0123456789abcdef" for c in body):
+        return None
     try:
         ts = float(t)
     except ValueError:
-        return ERR_BAD_SIGNATURE
+        return None
     if not math.isfinite(ts):
-        return ERR_BAD_SIGNATURE
-    if not _verify(public_key_hex, sig, request_message(method, path, t, body)):
-        return ERR_BAD_SIGNATURE
-    if abs(now - ts) > max_skew:
-        return ERR_STALE_TIMESTAMP
-    return None
+        return None
+    return SignedRequest(node, ts, int(ctr), body, sig)
 
 
-def update_message(run_id: str, node_id: str, task_id: str, base_version: int, body_sha256: str) -> bytes:
-    """The bytes an update signature covers (binds payload hash to run, node, task, base version)."""
-    return f"trainnet-update/1\n{run_id}\n{node_id}\n{task_id}\n{int(base_version)}\n{body_sha256}".encode()
+def verify_request(public_key_hex: str, headers: Mapping[str, str], run_id: str, method: str, path: str,
+                   now: float, max_skew: float = MAX_SKEW_S) -> tuple[str | None, SignedRequest | None]:
+    """Check a request's signature headers (before its body is read): (None, parsed) if valid, else
+    ("bad_signature" | "stale_timestamp", parsed or None). The counter is checked by the caller (replays);
+    the body must then hash to `parsed.body_sha256`."""
+    r = parse_signed(headers)
+    if r is None:
+        return ERR_BAD_SIGNATURE, None
+    pub = load_public_key(public_key_hex)
+    if pub is None or node_id_of(bytes.fromhex(public_key_hex)) != r.node_id:
+        return ERR_BAD_SIGNATURE, r
+    t = _header(headers, HDR_TIME) or ""
+    msg = request_message(run_id, method, path, r.node_id, t, r.counter, r.body_sha256)
+    if not _verify(public_key_hex, r.signature, msg):
+        return ERR_BAD_SIGNATURE, r
+    if abs(now - r.time) > max_skew:
+        return ERR_STALE_TIMESTAMP, r
+    return None, r
+
+
+def update_message(run_id: str, node_id: str, task_id: str, base_version: int, body_sha256: str,
+                   header_sha256: str) -> bytes:
+    """The bytes an update signature covers: the update's sha256 and its header's sha256 (which lets a reader
+    of a range verify what it read), bound to run, node, task and base version."""
+    return (f"trainnet-update/2\n{run_id}\n{node_id}\n{task_id}\n{int(base_version)}\n{body_sha256}\n"
+            f"{header_sha256}").encode()
 
 
 def sign_update(key: Ed25519PrivateKey, run_id: str, node_id: str, task_id: str, base_version: int,
-                body_sha256: str) -> str:
+                body_sha256: str, header_sha256: str) -> str:
     """Hex signature for X-TrainNet-Update-Signature."""
-    return key.sign(update_message(run_id, node_id, task_id, base_version, body_sha256)).hex()
+    return key.sign(update_message(run_id, node_id, task_id, base_version, body_sha256, header_sha256)).hex()
 
 
 def verify_update(public_key_hex: str, signature_hex: str, run_id: str, node_id: str, task_id: str,
-                  base_version: int, body_sha256: str) -> bool:
+                  base_version: int, body_sha256: str, header_sha256: str) -> bool:
     """True if `signature_hex` is the node's signature over this update."""
     return _verify(public_key_hex, signature_hex,
-                   update_message(run_id, node_id, task_id, base_version, body_sha256))
+                   update_message(run_id, node_id, task_id, base_version, body_sha256, header_sha256))

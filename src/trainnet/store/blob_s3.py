@@ -226,6 +226,17 @@ class S3BlobStore(BlobStore):
     def delete(self, key: str) -> None:
         self._call("delete_object", key, Key=self._key(key))  # S3 answers 204 for an absent key too
 
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy (CopyObject; multipart copy above 5 GiB): the bytes never leave the store."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        check_key(src)
+        check_key(dst)
+        try:
+            self._client.copy({"Bucket": self.bucket, "Key": self._key(src)}, self.bucket, self._key(dst))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "copy_object", src) from exc
+
     # ---- reads ---------------------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:

@@ -92,6 +92,10 @@ class BlobStore(abc.ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys that start with `prefix`, sorted."""
 
+    def copy(self, src: str, dst: str) -> None:
+        """Copy a blob to another key (object stores copy server-side: the bytes never leave the store)."""
+        self.put(dst, self.get(src))
+
     def presign_put(self, key: str, expires_s: int, content_length: int | None = None) -> str | None:
         """A URL a client can PUT this blob to directly (None: the backend has none; upload through the
         coordinator instead)."""

@@ -1,6 +1,6 @@
 """Server limits, per-key token-bucket rate limiting and strict JSON body validation.
 
-    limits = ServerLimits(max_update_bytes=64 << 20, rate_per_s=20.0, burst=40)
+    limits = ServerLimits(rate_per_s=20.0, burst=40)
     buckets = RateLimiter(limits.rate_per_s, limits.burst)
     wait = buckets.take("n0123...", now)          # 0.0 if allowed, else seconds until a token frees up
     body = parse_json_object(raw, {"task_id": str}, optional={})   # raises ApiError(400, ...) on anything odd
@@ -17,31 +17,44 @@ from typing import Any
 
 @dataclass
 class ServerLimits:
-    max_update_bytes: int = 64 << 20  # POST /v1/update body
-    max_json_bytes: int = 16 << 10  # every other POST body
-    rate_per_s: float = 20.0  # per node (signed requests) and per client address (unsigned); 0 disables
+    """What the HTTP service allows: sizes, rates, timeouts, registration cost, and who sees what.
+
+    Byte caps for updates and residual reveals are derived from the run's model and codec (api.py); the
+    values here are upper bounds on top of those."""
+
+    max_update_bytes: int = 1 << 40  # upper bound; the real cap is the exact encoded size for the model + header
+    max_json_bytes: int = 16 << 10  # every JSON body
+    rate_per_s: float = 20.0  # per node (signed requests); 0 disables
     burst: float = 40.0
+    ip_rate_per_s: float = 10.0  # per client address for unauthenticated requests
+    ip_burst: float = 40.0
+    register_per_ip_per_min: float = 30.0  # new identities from one address (Sybil cost)
+    register_pow_bits: int = 0  # proof of work at registration: leading zero bits of sha256 (0: off)
     max_skew_s: float = 300.0
-    keep_versions: int = 16  # recent checkpoints kept for /v1/model/{version} and ?since=
     tick_s: float = 1.0
     max_string: int = 256
     max_info_keys: int = 32
-    # Verification (consensus.verify_rate > 0): an audited task's residuals must be revealed within
-    # reveal_s seconds of the upload's acceptance (0: 10 x consensus.lease_s), else the audit fails
-    # ("no_reveal"). The verifier loop recomputes audits for at most verify_budget_s per round.
-    reveal_s: float = 0.0
+    # HTTP connection hygiene (app.py / server.py): a cap on open connections, header and body read timeouts
+    max_connections: int = 512
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
+    presign_s: float = 3600.0  # lifetime of presigned upload/download URLs
+    keep_versions: int = 16  # published versions kept (besides those open leases and audits need)
+    # Verification: who recomputes audits ("coordinator": the built-in loop; "nodes": designated verifier nodes,
+    # whose public keys (hex) or node ids are `verifier_keys`, an allow-list trusted like the server).
     verify_budget_s: float = 5.0
-    verify_device: str = "cpu"  # where the verifier recomputes; a bf16 run needs "cuda" (see task_precision)
-    # Who recomputes audits: "coordinator" (the loop above) or "nodes": designated verifier nodes, whose
-    # public keys (hex) or node ids are `verifier_keys` (an allow-list: they are trusted like the server),
-    # claim ready audits over POST /v1/audit/claim (verifier_api.py). The server then only fails overdue
-    # reveals. A claim lapses after audit_claim_s (0: consensus.lease_s) x max(1, steps / H) seconds.
+    verify_device: str = "cpu"
     verifiers: str = "coordinator"
     verifier_keys: tuple[str, ...] = ()
-    audit_claim_s: float = 0.0
+    operator_token: str | None = None  # bearer token of the operator view (per-node detail, evidence, tokens)
+    join_token: str | None = None  # a shared join token (legacy); per-participant tokens: `trainnet tokens issue`
+    join_token_max_keys: int = 64  # keys the shared join token may register
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k in ("operator_token", "join_token"):
+            d[k] = bool(d[k])  # never echo secrets
+        return d
 
 
 class ApiError(Exception):

@@ -1,0 +1,1 @@
+"""The coordinator's service layer and HTTP shell (see docs/ARCHITECTURE.md)."""
