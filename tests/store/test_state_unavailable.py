@@ -111,3 +111,38 @@ def test_postgres_dead_lock_session_frees_the_run_and_fences_the_old_writer(pg_s
         admin.close()
         old.close()
         new.close()
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["reply-lost", "commit-lost"])
+def test_postgres_connection_lost_at_commit_is_resolved(pg_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                          applied: bool) -> None:
+    """A connection lost during COMMIT: the store asks the server whether the commit landed (its id in the
+    writer row), so the caller sees success exactly when the commit applied and StoreUnavailable otherwise."""
+    import psycopg
+
+    s = open_state_store(pg_url)
+    try:
+        fence = s.acquire_writer("t")
+        real_commit = psycopg.Connection.commit
+        calls = {"n": 0}
+
+        def flaky_commit(conn: psycopg.Connection) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                if applied:
+                    real_commit(conn)  # the server committed; only the reply is lost
+                raise psycopg.OperationalError("server closed the connection unexpectedly (simulated)")
+            real_commit(conn)
+
+        monkeypatch.setattr(psycopg.Connection, "commit", flaky_commit)
+        change = Changes(meta={"v": 1}, events=[{"time": 1.0, "kind": "k", "data": {}}])
+        if applied:
+            s.commit(change, fence)
+        else:
+            with pytest.raises(StoreUnavailable, match="refused to commit"):
+                s.commit(change, fence)
+        monkeypatch.undo()
+        assert s.load_state() == ({"meta": {"v": 1}, "docs": {}} if applied else None)
+        assert len(s.events_since()) == int(applied)
+    finally:
+        s.close()

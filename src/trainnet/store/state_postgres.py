@@ -5,8 +5,8 @@
     store.commit(changes, fence)                  # one transaction; Fenced after another writer took over
     task = store.claim_merge_task("agg-3", now, lease_s=60)   # any number of aggregators, any machines
 
-The tables live in the connection's current schema (add `?options=-csearch_path%3Drun42` to the URL to keep
-several runs in one database). Documents are stored as their `dumps` text, exactly as in the other backends.
+The tables live in the connection's current schema (to keep several runs in one database, create a schema
+per run and add `?options=-csearch_path%3Drun42` to the URL). Documents are stored as their `dumps` text, exactly as in the other backends.
 
 Fencing has two halves. `acquire_writer` takes `pg_try_advisory_lock` on a session connection kept open for as
 long as this store is the writer: the server frees it when that session ends, however the coordinator died.
@@ -90,12 +90,13 @@ def _unavailable(e: Exception) -> bool:
 
 
 def _redact(url: str) -> str:
-    """The URL without a password, for messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    """user@host:port/dbname of a connection string, never its password, for messages."""
+    try:
+        d = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(an unparsable PostgreSQL connection string)"
+    where = f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '?')}"
+    return f"postgresql://{d['user']}@{where}" if d.get("user") else f"postgresql://{where}"
 
 
 class _Session:
@@ -139,6 +140,8 @@ class _Session:
 
 
 class PostgresStateStore(StateStore):
+    """`PostgresStateStore(url)`: creates its tables on first use in the URL's database; see the module docstring."""
+
     def __init__(self, url: str) -> None:
         if psycopg is None:
             raise ImportError("the PostgreSQL state store needs psycopg 3: pip install 'trainnet[postgres]' "
@@ -153,6 +156,9 @@ class PostgresStateStore(StateStore):
         self._write(self._create_schema, "create the schema")
 
     def _create_schema(self, cur: psycopg.Cursor) -> None:
+        if cur.execute("SELECT current_schema()").fetchone()[0] is None:
+            raise ValueError(f"{self._where}: the search_path names no existing schema to keep the state in; "
+                             "CREATE SCHEMA it first (or drop the search_path option)")
         # Two processes opening a fresh database at once would race on CREATE TABLE IF NOT EXISTS.
         cur.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_KEY})")
         for stmt in SCHEMA:
@@ -235,11 +241,22 @@ class PostgresStateStore(StateStore):
             if self._lock_conn is not None and not self._lock_conn.closed:
                 raise WriterLocked(f"{self._where} is already written through this store object "
                                    f"({self._holder_text()})")
+            conn: psycopg.Connection | None = None
             try:
                 conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
                                        application_name="trainnet-state-writer-lock")
+                # The lock lives as long as this session: make the server notice within about a minute when
+                # the coordinator's machine vanishes (TCP keepalives; the default waits two hours), and keep a
+                # server-wide idle_session_timeout from ending it while we wait between commits.
+                for name, value in (("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"),
+                                    ("tcp_keepalives_count", "3")):
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+                if conn.info.server_version >= 140000:
+                    conn.execute("SELECT set_config('idle_session_timeout', '0', false)")
                 got = conn.execute(f"SELECT pg_try_advisory_lock({_WRITER_KEY})").fetchone()[0]
             except psycopg.Error as e:
+                if conn is not None:
+                    conn.close()
                 if _unavailable(e):
                     raise self._refused(e, "take the writer lock") from e
                 raise

@@ -85,6 +85,8 @@ def _unavailable(e: sqlite3.Error) -> str | None:
 
 
 class SqliteStateStore(StateStore):
+    """`SqliteStateStore(path)`: the file (and its folder) is created on first use; see the module docstring."""
+
     def __init__(self, path: str | os.PathLike[str], busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path).absolute()
         self.url = f"sqlite://{self.path}"
