@@ -1,2 +1,2 @@
-"""Real servers for tests, started as subprocesses on loopback (import as `servers.<name>` after putting
-tests/ on sys.path, as tests/store/conftest.py does)."""
+"""Throwaway real servers for tests and benchmarks, started as subprocesses on loopback (each module
+self-contained: start, yield a URL, stop). Import as `servers.<name>` after putting tests/ on sys.path."""

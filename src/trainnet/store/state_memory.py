@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from trainnet.store.state import Changes, Doc, Fenced, StateStore, WriterLocked, dumps
+from trainnet.store.state_encode import encode_changes
 
 
 class MemoryStateStore(StateStore):
@@ -60,36 +61,29 @@ class MemoryStateStore(StateStore):
     # ------------------------------------------------------------------ core state
     def load_state(self) -> dict[str, Any] | None:
         with self._lock:
-            if self._core_meta is None and not self._docs:
+            # Collections whose rows were all deleted are left out, as a SQL table of rows cannot tell them apart.
+            docs = {c: {k: json.loads(v) for k, v in rows.items()} for c, rows in self._docs.items() if rows}
+            if self._core_meta is None and not docs:
                 return None
-            return {"meta": None if self._core_meta is None else json.loads(self._core_meta),
-                    "docs": {c: {k: json.loads(v) for k, v in rows.items()} for c, rows in self._docs.items()}}
+            return {"meta": None if self._core_meta is None else json.loads(self._core_meta), "docs": docs}
 
     def commit(self, changes: Changes, fence: int) -> None:
         # Encode everything first: a document that cannot be stored fails the whole commit, as in SQL.
-        meta = None if changes.meta is None else dumps(changes.meta)
-        docs = {c: {k: None if d is None else dumps(d) for k, d in rows.items()} for c, rows in changes.docs.items()}
-        logs = {kind: {k: dumps(d) for k, d in rows.items()} for kind, rows in changes.logs.items()}
-        events = [{"time": float(e["time"]), "kind": str(e["kind"]), "data": json.loads(dumps(e["data"]))}
-                  for e in changes.events]
-        tasks = [(str(t["job_id"]), int(t["shard"]), str(t["phase"]), dumps(t["spec"])) for t in changes.merge_tasks]
+        enc = encode_changes(changes)
         with self._lock:
             if fence != self._token:
                 raise Fenced(f"fencing token {fence} is stale (current {self._token})")
-            if meta is not None:
-                self._core_meta = meta
-            for c, rows in docs.items():
-                table = self._docs.setdefault(c, {})
-                for k, text in rows.items():
-                    if text is None:
-                        table.pop(k, None)
-                    else:
-                        table[k] = text
-            for kind, rows in logs.items():
-                self._logs.setdefault(kind, {}).update(rows)
-            for e in events:
-                self._events.append({"id": len(self._events) + 1, **e})
-            for job, shard, phase, spec in tasks:
+            if enc.meta is not None:
+                self._core_meta = enc.meta
+            for c, k in enc.deletes:
+                self._docs.get(c, {}).pop(k, None)
+            for c, k, text in enc.upserts:
+                self._docs.setdefault(c, {})[k] = text
+            for kind, k, text in enc.logs:
+                self._logs.setdefault(kind, {})[k] = text
+            for t, kind, data in enc.events:
+                self._events.append({"id": len(self._events) + 1, "time": t, "kind": kind, "data": json.loads(data)})
+            for job, shard, phase, spec in enc.tasks:
                 self._task_seq += 1
                 self._tasks[(job, shard, phase)] = {"job_id": job, "shard": shard, "phase": phase,
                                                     "spec": json.loads(spec), "status": "pending", "owner": None,
