@@ -18,7 +18,9 @@ import click
 COMMANDS: dict[str, str] = {
     "simulate": "trainnet.sim.cli:simulate_cmd",
     "estimate": "trainnet.planner.cli:estimate_cmd",
-    "coordinator": "trainnet.coordinator.cli:coordinator_cmd",
+    "coordinator": "trainnet.server.cli:coordinator_cmd",
+    "aggregator": "trainnet.server.cli:aggregator_cmd",
+    "tokens": "trainnet.server.cli:tokens_cmd",
     "worker": "trainnet.worker.cli:worker_cmd",
     "verifier": "trainnet.worker.verifier:verifier_cmd",
     "demo": "trainnet.worker.demo:demo_cmd",

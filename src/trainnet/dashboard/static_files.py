@@ -9,7 +9,7 @@ from pathlib import Path
 
 from starlette.responses import Response
 
-from trainnet.coordinator.limits import ApiError
+from trainnet.server.limits import ApiError
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Only these names are served: no path from the URL ever reaches the file system.
