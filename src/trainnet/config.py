@@ -4,6 +4,8 @@
 
 Every field can be overridden from the command line with `--set section.field=value`, where the
 value is parsed as a TOML literal (`0.5`, `true`, `"text"`, `[1, 2]`) and falls back to a bare string.
+After the file and the overrides, every field is range-checked (`check`; the table of ranges is
+`trainnet.config_rules.RULES`): a value out of range is a ConfigError that names the field and the range.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainnet.config_rules import check_config
 from trainnet.model.gpt import GPTConfig
 
 
@@ -165,7 +168,7 @@ def defence_report(cfg: RunConfig) -> dict[str, Any]:
 
 
 class ConfigError(ValueError):
-    """A configuration file or override names an unknown field or a value of the wrong type."""
+    """A configuration file or override names an unknown field, or a value of the wrong type or out of range."""
 
 
 def _parse_value(text: str) -> Any:
@@ -238,4 +241,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
         set_field(cfg, key.strip(), _parse_value(raw.strip()))
+    check(cfg)
     return cfg
+
+
+def check(cfg: RunConfig) -> None:
+    """Raise ConfigError listing every field of cfg outside its range, e.g.
+    `sim.workers must be an integer >= 1 (got -1)` (ranges: trainnet.config_rules.RULES)."""
+    problems = check_config(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))

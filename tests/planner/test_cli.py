@@ -103,3 +103,14 @@ def test_estimate_sweep_in_json(tmp_path) -> None:
     ups = [r["min_uplink_mbps"] for r in rows if r["min_uplink_mbps"] is not None]
     # larger H amortises the same upload over more compute: the needed uplink falls monotonically
     assert len(ups) >= 2 and ups == sorted(ups, reverse=True)
+
+
+@pytest.mark.parametrize("args", [["--json", "-"], ["--json"], ["--json", "--sweep"]])
+def test_estimate_json_dash_prints_pure_json_to_stdout(tmp_path, monkeypatch, args) -> None:
+    monkeypatch.chdir(tmp_path)  # a file named "-" would land here
+    res = CliRunner().invoke(main, ["estimate", *args], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)  # stdout is exactly one JSON document...
+    assert d["gpus"] == 4200 and ("sweep" in d) == ("--sweep" in args)
+    assert "Assumptions" in res.stderr and "Target 11 days" in res.stderr  # ...the tables went to stderr
+    assert list(tmp_path.iterdir()) == []

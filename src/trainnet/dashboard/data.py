@@ -4,6 +4,11 @@
     view = run_view(db, time.time())            # offline: counters, nodes and leases from the store
     view = run_view(db, time.time(), live_snapshot(svc))   # live: the core's in-memory state
 
+Node states: while the run goes on, `active`, `lagging` or `dropped` (`node_state`). Once it is finished
+(`run_state` "finished", `ended_at`), a node that was still taking part at the end reads `finished` (idle
+since the run ended, not active) and one that had stopped before reads `gone` (`end_state`); the counts of
+active / lagging / dropped then describe the nodes at the run's end.
+
 Every figure is either counted by the coordinator (tokens, updates, bytes, audits), measured by it
 (held-out loss) or reported by the workers (energy: `measured` true for NVML/RAPL, else an estimate
 whose source says so). Money and CO2 are conversions with assumed prices (labelled).
@@ -20,6 +25,7 @@ from typing import Any
 from trainnet.energy.cost import EnergyCost
 
 ACTIVE, LAGGING, DROPPED = "active", "lagging", "dropped"
+FINISHED, GONE = "finished", "gone"  # a finished run's nodes: there at its end, or stopped before it
 THROUGHPUT_WINDOW_S = 60.0
 PROBLEM_EVENTS = ("lease_expired", "update_rejected")  # update_rejected counts only when too_stale
 
@@ -156,6 +162,12 @@ def node_state(node: dict[str, Any], holds_lease: bool, staleness_last: int | No
     return ACTIVE
 
 
+def end_state(state_at_end: str) -> str:
+    """A finished run's node: `gone` if it was dropped at the run's end (silent for longer than a lease, or
+    banned), else `finished` (it took part until the end and is idle since)."""
+    return GONE if state_at_end == DROPPED else FINISHED
+
+
 def _downsample(points: list, n: int) -> list:
     if len(points) <= n:
         return points
@@ -206,27 +218,33 @@ def run_view(db: RunDB, now: float, live: dict[str, Any] | None = None, events: 
     nodes = live["nodes"] if live else db.nodes()
     leases = live["leases"] if live else db.leases()
     done = bool(status.get("done"))
-    end = db.end_time() if done else None
+    uploads = db.uploads()
+    # A finished run ends at its run_done event; a state dir without events: at its last accepted upload.
+    end = (db.end_time() or max((float(u["arrived"]) for u in uploads), default=None)) if done else None
     at = min(now, end) if end else now  # node states of a finished run are judged at its end
     ustats, energy, problems = db.update_stats(), db.energy_by_node(), db.last_problem()
     held = {le["node_id"] for le in leases}
     start = min((float(n.get("registered_at", now)) for n in nodes), default=None)
-    uploads = db.uploads()
     series = token_series(uploads, start)
     rate, window = throughput(series, at, done)
     traffic = db.traffic()
     for k, v in (live or {}).get("traffic", {}).items():
         traffic[k] = traffic.get(k, 0) + v
     cost = EnergyCost()
-    rows, counts = [], {ACTIVE: 0, LAGGING: 0, DROPPED: 0}
+    rows, counts = [], {ACTIVE: 0, LAGGING: 0, DROPPED: 0, FINISHED: 0, GONE: 0}
     for n in nodes:
         nid = n["node_id"]
         us, en = ustats.get(nid, {}), energy.get(nid)
         state = node_state(n, nid in held, us.get("staleness_last"), problems.get(nid, 0.0),
                            us.get("last_accepted") or 0.0, at, lease_s, max_stale)
         counts[state] += 1
+        shown = end_state(state) if done else state
+        if done:
+            counts[shown] += 1
+        seen = float(n.get("last_seen", now))
         rows.append({
-            "node_id": nid, "state": state, "tokens": n.get("tokens_accepted", 0),
+            "node_id": nid, "state": shown, "state_at_end": state if done else None,
+            "tokens": n.get("tokens_accepted", 0),
             "accepted": n.get("updates_accepted", 0), "rejected": n.get("updates_rejected", 0),
             "reject_reasons": n.get("reject_reasons", {}), "leases_expired": n.get("leases_expired", 0),
             "staleness_mean": us.get("staleness_mean"), "staleness_last": us.get("staleness_last"),
@@ -236,7 +254,8 @@ def run_view(db: RunDB, now: float, live: dict[str, Any] | None = None, events: 
             "energy_j": en["joules"] if en else None, "energy_kwh": cost.kwh(en["joules"]) if en else None,
             "energy_measured": en["measured"] if en else None, "energy_source": "; ".join(en["sources"]) if en else "",
             "task_s": en["task_s"] if en else None, "last_seen": n.get("last_seen"),
-            "last_seen_ago_s": max(0.0, now - float(n.get("last_seen", now))),
+            "last_seen_ago_s": max(0.0, now - seen),
+            "last_seen_before_end_s": max(0.0, end - seen) if end else None,
             "device": str((n.get("info") or {}).get("device", "")),
         })
     rows.sort(key=lambda r: (-r["tokens"], r["node_id"]))
@@ -245,7 +264,8 @@ def run_view(db: RunDB, now: float, live: dict[str, Any] | None = None, events: 
     bytes_in_accepted = sum(int(u["nbytes"]) for u in uploads)
     return {
         "run_id": status.get("run_id") or cc.get("run_id"), "time": now, "done": done, "live": live is not None,
-        "started_at": start, "ended_at": end, "model": fp.get("model", {}), "codec": fp.get("codec"),
+        "run_state": "finished" if done else "running", "started_at": start, "ended_at": end,
+        "ended_ago_s": max(0.0, now - end) if end else None, "model": fp.get("model", {}), "codec": fp.get("codec"),
         "model_version": status.get("model_version", 0), "tokens": status.get("tokens", 0), "tokens_target": target,
         "progress": status.get("tokens", 0) / target if target else None,
         "val_loss": curve[-1]["val_loss"] if curve else None, "val_curve": curve,

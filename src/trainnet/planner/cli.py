@@ -2,15 +2,18 @@
 
     trainnet estimate                                   # reference: 7B, 2T tokens, 4,200 RTX 4090s
     trainnet estimate --gpu rtx3090 --tokens 140e9 --uplink-mbps 20 --h 1000 --json plan.json
+    trainnet estimate --json - | jq .wall_days         # `--json -` (or a bare `--json`): JSON on stdout
 
 Every figure printed is a projection (estimate) from the formulas in trainnet.planner.estimate; every
 input is printed with its source, and values not given on the command line are labelled assumptions.
+With the JSON on stdout, the tables go to stderr, so stdout is exactly one JSON document.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -104,9 +107,11 @@ def _summary(p: Projection) -> dict:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True),
     default=None,
-    help="write the projection as JSON here",
+    is_flag=False,
+    flag_value="-",
+    help="write the projection as JSON to this file; '-' or no value: to stdout (tables then go to stderr)",
 )
 @click.option(
     "--sweep/--no-sweep",
@@ -136,14 +141,20 @@ def estimate_cmd(ctx: click.Context, **kw: object) -> None:
     tgt = _target_section(s, p, target)
     tgt["baseline_gpus_to_match_wall_time"] = gpus_to_match(base, p.wall_days)
     report = _report(s, base, p, b, rows, tgt)
-    con = Console()
+    to_stdout = kw["json_path"] == "-"
+    con = Console(stderr=to_stdout)  # stdout carries only the JSON then
     _print(con, s, p, b, rows, tgt)
     if kw["sweep"]:
         report["sweep"] = sweep(s, target)
         _print_sweep(con, s, report["sweep"], target)
     if kw["json_path"] is not None:
         # allow_nan=False: the file must be strict JSON (no Infinity); inputs are sanitized above.
-        Path(kw["json_path"]).write_text(json.dumps(report, indent=2, allow_nan=False))
+        text = json.dumps(report, indent=2, allow_nan=False)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        else:
+            Path(kw["json_path"]).write_text(text)
 
 
 def _target_section(s: Scenario, p: Projection, target: float) -> dict:

@@ -4,10 +4,15 @@
     trainnet simulate --config bench/standard.toml --algo sync --set sim.seed=2
     trainnet simulate --config bench/security.toml --attack alie --malicious 0.3 --aggregator robust \
         --verify-rate 0.1 --json out.json      # JSON adds banned_nodes, honest_banned, backdoor_asr, ...
+    trainnet simulate --config bench/standard.toml --json - | jq .final_val_loss
+
+`--json -` (or a bare `--json`) prints the result as JSON on stdout; the progress bar, warnings and the
+summary lines then go to stderr, so stdout is exactly one JSON document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -32,7 +37,8 @@ from trainnet.config import ConfigError, defence_report, load_config
 @click.option("--verify-rate", type=click.FloatRange(0.0, 1.0),
               help="Share of accepted tasks recomputed by the verifier (consensus.verify_rate).")
 @click.option("--non-iid", is_flag=True, default=None, help="Each node trains its own block of shards (sim.iid=false).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), is_flag=False, flag_value="-",
+              help="Write the result as JSON to this file; '-' or no value: to stdout (the rest goes to stderr).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def simulate_cmd(config_path, workers, tokens, dropout, seed, algo, codec, data_path, attack, malicious,
@@ -56,15 +62,23 @@ def simulate_cmd(config_path, workers, tokens, dropout, seed, algo, codec, data_
     if cfg.sim.algo != "sync":
         for warning in defence_report(cfg)["off"]:
             click.echo(f"WARNING: {warning}", err=True)
-    try:
-        with progress_line(cfg.sim.tokens, f"{cfg.sim.algo} x{cfg.sim.workers}", disable=quiet) as update:
-            result = run(cfg, on_progress=update)
-    except CorpusError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(summary_line(result))
-    if "honest_banned" in result:
-        click.echo(security_line(result))
-    if json_path:
+    to_stdout = json_path == "-"
+    out = sys.stdout
+    # With the JSON on stdout, everything else written to stdout while running (the progress bar, the
+    # summary, anything a library prints) goes to stderr instead, so stdout parses as JSON.
+    with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+        try:
+            with progress_line(cfg.sim.tokens, f"{cfg.sim.algo} x{cfg.sim.workers}", disable=quiet) as update:
+                result = run(cfg, on_progress=update)
+        except CorpusError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(summary_line(result))
+        if "honest_banned" in result:
+            click.echo(security_line(result))
+    if to_stdout:
+        out.write(json.dumps(result, indent=1) + "\n")
+        out.flush()
+    elif json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=1))
         click.echo(f"wrote {json_path}", err=True)

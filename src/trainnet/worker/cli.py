@@ -5,7 +5,8 @@
 
 Exit status: 0 when the run is done, --max-tasks is reached or the worker was stopped (Ctrl-C /
 SIGTERM); 1 when the coordinator stayed unreachable past the retry budget; 3 when it refused this
-node (banned, not on the allow-list, bad join token).
+node (banned, not on the allow-list, bad join token); 5 when --coordinator is not a TrainNet coordinator
+(GET /v1/info is not a TrainNet info document: a wrong port or path, or some other web server).
 """
 
 from __future__ import annotations

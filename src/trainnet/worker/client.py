@@ -2,6 +2,7 @@
 
     key = auth.load_or_create_key(state_dir)
     client = CoordinatorClient("http://127.0.0.1:8470", key)
+    client.info()                                     # the run; NotCoordinator if the URL is not TrainNet
     client.register(join_token=None)                  # {"node_id", "run_id"}
     task = client.lease()                             # {"task": {...}} or {"task": None, "reason", ...}
     reply = client.upload(body, update_signature)     # {"accepted", "reason", "version", "staleness", "audit"}
@@ -38,6 +39,11 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str = "", body: dict[str, Any] | None = None) -> None:
         super().__init__(f"HTTP {status} {code}: {detail}" if detail else f"HTTP {status} {code}")
         self.status, self.code, self.detail, self.body = status, code, detail, body or {}
+
+
+class NotCoordinator(ValueError):
+    """The URL answers HTTP, but GET /v1/info is not a TrainNet info document (a JSON object with
+    `protocol` and `run_id`): a wrong port or path, some other web server. Not a refusal."""
 
 
 class Unreachable(Exception):
@@ -96,7 +102,27 @@ class CoordinatorClient:
 
     # ------------------------------------------------------------------ endpoints
     def info(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/info")
+        """The run's info document; raises NotCoordinator when the server is not a TrainNet coordinator
+        (retries network errors, 5xx and 429 like every call, then Unreachable)."""
+        try:
+            r, data = self._send("GET", "/v1/info", limit=JSON_LIMIT, raise_4xx=False)
+        except ApiError as exc:  # only reply_too_large gets here: no info document is that large
+            raise NotCoordinator(f"{self.base_url} is not a TrainNet coordinator (GET /v1/info: {exc})") from None
+        doc: Any = None
+        if r.status_code == 200:
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                doc = None
+        if isinstance(doc, dict) and "protocol" in doc and "run_id" in doc:
+            return doc
+        ctype = r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        what = f"HTTP {r.status_code} {ctype}"
+        if isinstance(doc, dict):
+            what += ", a JSON object without protocol and run_id"
+        if r.headers.get("location"):
+            what += f", redirecting to {r.headers['location'][:200]}"
+        raise NotCoordinator(f"{self.base_url} is not a TrainNet coordinator (GET /v1/info answered {what})")
 
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
@@ -183,8 +209,9 @@ class CoordinatorClient:
 
     def _send(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
               params: dict[str, str] | None = None, extra_headers: dict[str, str] | None = None,
-              limit: int, budget_s: float | None = None, interruptible: bool = True
+              limit: int, budget_s: float | None = None, interruptible: bool = True, raise_4xx: bool = True
               ) -> tuple[httpx.Response, bytes]:
+        """One call with retries. A 4xx reply raises ApiError, or with raise_4xx=False is returned."""
         budget = self.retry.budget_s if budget_s is None else budget_s
         start = time.monotonic()
         attempt = 0
@@ -202,7 +229,7 @@ class CoordinatorClient:
             except httpx.TransportError as exc:
                 why = f"{type(exc).__name__}: {str(exc)[:80]}"
             else:
-                if r.status_code < 400:
+                if r.status_code < 400 or (not raise_4xx and r.status_code < 500 and r.status_code != 429):
                     return r, data
                 if r.status_code == 429 or r.status_code >= 500:
                     why = f"HTTP {r.status_code}"

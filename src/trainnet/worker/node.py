@@ -1,7 +1,8 @@
 """The worker loop: register, then lease -> fetch model and shard -> train -> compress -> sign -> upload.
 
     opts = WorkerOptions(coordinator="http://127.0.0.1:8470", state_dir=Path("state/w0"))
-    code = Worker(opts).run()        # 0: run done / stopped / --max-tasks reached; 1: unreachable; 3: refused
+    code = Worker(opts).run()        # 0: run done / stopped / --max-tasks reached; 1: unreachable; 3: refused;
+                                     # 5: the URL is not a TrainNet coordinator
 
 Training is `trainnet.train.run_task`, the function the simulator and the verifier use. Updates go
 through `ErrorFeedback` with the run's codec; its residual lives in the state dir and is committed
@@ -37,13 +38,20 @@ from trainnet.protocol import auth
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
 from trainnet.train.local import TaskHParams, params_of, run_task
 from trainnet.verify.commit import EMPTY_DIGEST, encode_committed
-from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
+from trainnet.worker.client import (
+    ApiError,
+    CoordinatorClient,
+    NotCoordinator,
+    RetryPolicy,
+    Stopped,
+    Unreachable,
+)
 from trainnet.worker.reveal import RevealStore, reveal_body
 from trainnet.worker.signals import stop_signals
 from trainnet.worker.status import StatusLine, human_bytes
 from trainnet.worker.store import ModelFormatError, WorkerStore, check_params
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 3
+EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NOT_COORDINATOR = 0, 1, 3, 5
 TASK_LOG = "tasks.jsonl"
 LEASE_FILE = "lease.json"  # the lease held right now, so a restarted worker can give it back
 REVEAL_KEEP = 4  # residuals of this many recent uploads are kept (in memory) for a reveal
@@ -176,6 +184,9 @@ class Worker:
                 return EXIT_UNREACHABLE
             except _Refused:
                 return EXIT_REFUSED
+            except NotCoordinator as exc:  # a wrong URL, not a refusal: say so, and do not retry
+                self.status.log(str(exc))
+                return EXIT_NOT_COORDINATOR
             finally:
                 self.interruptible = False
                 self._give_back()

@@ -24,6 +24,11 @@ function fmtAgo(s) {
   if (s < 3600) return (s / 60).toFixed(0) + " min ago";
   return (s / 3600).toFixed(1) + " h ago";
 }
+function fmtDur(s) {
+  if (s < 60) return s.toFixed(0) + " s";
+  if (s < 3600) return (s / 60).toFixed(0) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
 function fmtEnergy(j) {
   if (j == null) return "–";
   if (j < 3600) return j.toFixed(1) + " J";
@@ -99,8 +104,10 @@ function shortNum(v) {
 function renderCards(d) {
   setText("run-id", d.run_id || "?");
   const st = $("status");
-  st.textContent = d.done ? "done" : "running";
-  st.className = "badge " + (d.done ? "done" : "running");
+  st.textContent = d.done ? "finished" : "running";
+  st.className = "badge " + (d.done ? "finished" : "running");
+  setText("ended", d.done && d.ended_at != null
+    ? `at ${fmtTime(d.ended_at)} (${fmtAgo(d.ended_ago_s)})` : "");
   setText("model-version", "v" + d.model_version);
   setText("outer-steps", `${fmtInt(d.updates.outer_steps)} outer steps · ${d.updates.buffered} buffered`);
   setText("tokens", fmtInt(d.tokens));
@@ -123,10 +130,15 @@ function renderCards(d) {
   setText("bytes-note", `in: uploads · out: models ${fmtBytes((k.model_full || 0) + (k.model_delta || 0))},`
     + ` shards ${fmtBytes(k.shard || 0)}`);
   const n = d.nodes;
-  setText("nodes-active", `${n.active} active`);
-  setText("nodes-lagging", `${n.lagging} lagging`);
-  setText("nodes-dropped", `${n.dropped} dropped`);
-  setText("nodes-note", `${n.total} registered` + (n.banned ? ` · ${n.banned} banned` : ""));
+  // A finished run's nodes are not "active": they took part until the end (finished) or left before (gone).
+  const states = d.done ? ["finished", "gone"] : ["active", "lagging", "dropped"];
+  $("nodes-chips").replaceChildren(...states.map((s) => {
+    const chip = el("span", "chip " + s, `${n[s] || 0} ${s}`);
+    chip.id = "nodes-" + s;
+    return chip;
+  }));
+  setText("nodes-note", `${n.total} registered` + (n.banned ? ` · ${n.banned} banned` : "")
+    + (d.done ? " · states at the end of the run" : ""));
   const u = d.updates;
   setText("updates", `${fmtInt(u.updates_accepted)} ok / ${fmtInt(u.updates_rejected)} rejected`);
   const reasons = Object.entries(u.reject_reasons || {}).map(([r, c]) => `${r} ${c}`).join(", ");
@@ -156,6 +168,15 @@ function renderCharts(d) {
   });
 }
 
+function lastSeen(c) {
+  if (c.state === "finished") return "idle since run end";
+  if (c.state === "gone") {
+    const before = c.last_seen_before_end_s;
+    return "last seen " + fmtAgo(c.last_seen_ago_s) + (before == null ? "" : `, ${fmtDur(before)} before the end`);
+  }
+  return fmtAgo(c.last_seen_ago_s);
+}
+
 function renderTable(d) {
   const body = $("contributors").querySelector("tbody");
   const rows = [];
@@ -180,7 +201,7 @@ function renderTable(d) {
       + (c.energy_measured === true ? " (measured)" : c.energy_measured === "mixed" ? " (mixed)" : " (estimate)"));
     if (c.energy_source) en.title = c.energy_source;
     tr.appendChild(en);
-    tr.appendChild(el("td", "muted", fmtAgo(c.last_seen_ago_s)));
+    tr.appendChild(el("td", "muted", lastSeen(c)));
     rows.push(tr);
   }
   if (!rows.length) {
