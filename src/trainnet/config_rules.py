@@ -217,6 +217,8 @@ RULES: dict[str, Rule] = {
     "consensus.audit_key": Text(),
     "consensus.verify_rel_error": POSITIVE,
     "consensus.verify_min_cosine": Num(-1.0, 1.0),
+    "consensus.reveal_s": NONNEG,  # 0: 10 x lease_s
+    "consensus.target_staleness": NONNEG,  # 0: the quorum stays fixed whatever the swarm size
     # simulator
     "sim.algo": OneOf(("async", "sync")),
     "sim.workers": Int(1),
@@ -244,6 +246,11 @@ RULES: dict[str, Rule] = {
     "sim.verifier_speed": POSITIVE,
     "sim.asr_prompts": Int(1),
     "sim.init": Text("a safetensors file path, or \"\" (random init)"),
+    "aggregate.shards": Int(1, 4096),
+    "aggregate.publish_codec": Spec("a dense codec spec for the published deltas (int8, q4, ...)", _codec),
+    "aggregate.full_every": Int(1),
+    "aggregate.block": Int(64, 1 << 26),
+    "aggregate.merge_lease_s": POSITIVE,
 }
 
 
@@ -257,6 +264,8 @@ class Cross:
 
 
 CROSS_CHECKS: tuple[Cross, ...] = (
+    Cross(("aggregate.block",), lambda c: c.aggregate.block & (c.aggregate.block - 1) == 0,
+          lambda c: f"aggregate.block must be a power of two (got {c.aggregate.block})"),
     Cross(("model.n_embd", "model.n_head"), lambda c: c.model.n_embd % c.model.n_head == 0,
           lambda c: f"model.n_embd must be a multiple of model.n_head (got n_embd {c.model.n_embd}, "
                     f"n_head {c.model.n_head})"),

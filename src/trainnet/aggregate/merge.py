@@ -37,7 +37,6 @@ from trainnet.protocol.wire import WireLimits, WireWriter
 from trainnet.store.blobs import BlobStore
 
 
-
 class MergeError(RuntimeError):
     """The shard cannot finish this task (its own state is missing or corrupt); the task is retried."""
 

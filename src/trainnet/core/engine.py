@@ -333,6 +333,7 @@ class Coordinator(VerifyMixin, MergeMixin):
         tau = self.version - spec.base_version
         if tau > self.cfg.max_staleness:
             self.requeue.append((spec.shard_id, spec.seed))
+            node.last_problem = now
             return self._reject(node, REJECT_STALE, now, msg, staleness=tau)
         p = Pending(msg.task_id, msg.node_id, spec.base_version, spec.tokens, spec.hparams["steps"], tau, now,
                     msg.blob, msg.sha256, msg.nbytes, msg.codec, (spec.shard_id, spec.seed), msg.ef_in,
@@ -358,6 +359,8 @@ class Coordinator(VerifyMixin, MergeMixin):
             if e["measured"]:
                 node.energy_measured_j += e["joules"]
                 self.energy_measured_j += e["joules"]
+            if e["source"] not in node.energy_sources and len(node.energy_sources) < 4:
+                node.energy_sources.append(e["source"])
         self._touch_node(node)
         self._changes.log("updates", msg.task_id, p.to_doc() | {"signature": msg.signature, "energy": msg.energy,
                                                                  "merged_into": None})
@@ -381,6 +384,7 @@ class Coordinator(VerifyMixin, MergeMixin):
             node = self.nodes.get(lease.spec.node_id)
             if node is not None:
                 node.leases_expired += 1
+                node.last_problem = now
                 node.progress = None
                 self._touch_node(node)
             self._emit(now, "lease_expired", node_id=lease.spec.node_id, task_id=task_id,

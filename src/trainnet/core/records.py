@@ -128,6 +128,8 @@ class NodeRecord:
     energy_measured_j: float = 0.0
     energy_task_s: float = 0.0
     energy_tasks: int = 0
+    energy_sources: list[str] = field(default_factory=list)  # distinct sources reported (at most 4 kept)
+    last_problem: float = 0.0  # when its last lease expired or its last update was refused as too stale
     reject_reasons: dict[str, int] = field(default_factory=dict)
     banned: bool = False
     ban_reason: str = ""

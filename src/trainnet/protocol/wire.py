@@ -102,6 +102,15 @@ class DecodedUpdate:
     tensors: dict[str, torch.Tensor]
 
 
+def header_sha256(data: bytes) -> str:
+    """sha256 of a message's prefix and header: what an update signature commits to besides the whole
+    message, so that a reader of a byte range can authenticate the header (and, through it, every block)."""
+    if len(data) < PREFIX.size:
+        raise WireFormatError("message shorter than its prefix")
+    hlen = PREFIX.unpack_from(data)[3]
+    return hashlib.sha256(data[:PREFIX.size + hlen]).hexdigest()
+
+
 def block_hashes(raw: bytes | memoryview) -> list[str]:
     """sha256 hex of every HASH_BLOCK bytes of a part (the last block may be shorter; none for an empty part)."""
     view = memoryview(raw)

@@ -275,7 +275,7 @@ class Api:
         """Public: aggregates only (no node ids, no evidence)."""
         svc = self.svc
         out = svc.read(lambda c: c.status())
-        out["defences"] = defence_report(svc.cfg)
+        out["defences"] = defence_report(svc.spec.cfg)
         out["protocol"] = PROTOCOL
         out["degraded"] = svc.degraded
         out["verification"] = {"verify_rate": svc.ccfg.verify_rate, "verifiers": svc.limits.verifiers,

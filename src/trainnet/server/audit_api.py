@@ -149,7 +149,7 @@ class AuditApi:
             raise ApiError(403, "banned", "node is banned")
 
     def offer(self, a: Any) -> dict[str, Any]:
-        c = self.svc.cfg.consensus
+        c = self.svc.spec.cfg.consensus
         return {"task_id": a.task_id, "spec": a.spec.to_dict(), "base_version": a.spec.base_version,
                 "shard_id": a.spec.shard_id, "shard_sha256": a.spec.shard_sha256, "ef_in": a.ef_in, "ef_out": a.ef_out,
                 "codec": a.spec.codec, "tolerance": {"rel_error": c.verify_rel_error, "min_cosine": c.verify_min_cosine},
@@ -217,8 +217,8 @@ class AuditApi:
         if self._verifier is None:
             from trainnet.server.runspec import build_model
 
-            c = self.svc.cfg.consensus
-            self._verifier = Verifier(build_model(self.svc.cfg, seed=0), self.svc.ccfg.codec,
+            c = self.svc.spec.cfg.consensus
+            self._verifier = Verifier(build_model(self.svc.spec.cfg, seed=0), self.svc.ccfg.codec,
                                       Tolerance(c.verify_rel_error, c.verify_min_cosine),
                                       device=self.svc.limits.verify_device)
         return self._verifier
@@ -254,11 +254,13 @@ class AuditApi:
         try:
             passed, detail, steps = self.recompute(a)
         except Unverifiable as exc:
-            svc.step(lambda c: c.close_unverifiable(a.task_id, str(exc)[:200], svc.clock()))
+            why = str(exc)[:200]
+            svc.step(lambda c: c.close_unverifiable(a.task_id, why, svc.clock()))
             return True
         except Exception as exc:  # our files or code, not the node's doing: no verdict against it
             log.exception("audit %s could not be verified", a.task_id)
-            svc.step(lambda c: c.close_unverifiable(a.task_id, f"verifier error: {exc}"[:200], svc.clock()))
+            why = f"verifier error: {exc}"[:200]
+            svc.step(lambda c: c.close_unverifiable(a.task_id, why, svc.clock()))
             return True
         self.steps_here += steps
         end = svc.clock()

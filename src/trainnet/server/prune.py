@@ -101,7 +101,8 @@ class Pruner:
             if kind in ("aggregated", "warm_start_applied") and data.get("job_id"):
                 tasks = svc.state.merge_tasks(data["job_id"])
                 updates = tasks[0]["spec"]["updates"] if tasks else []
-                audited = svc.read(lambda core: {u["task_id"] for u in updates if u["task_id"] in core.audits})
+                ids = [u["task_id"] for u in updates]
+                audited = svc.read(lambda core, ids=ids: {t for t in ids if t in core.audits})
                 for u in updates:
                     if u["task_id"] not in audited:
                         self._delete(u["blob"])

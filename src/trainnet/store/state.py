@@ -129,6 +129,10 @@ class StateStore(abc.ABC):
     def events_since(self, after_id: int = 0, limit: int = 1000) -> list[Doc]:
         """Events with id > after_id, oldest first: {"id", "time", "kind", "data"}."""
 
+    @abc.abstractmethod
+    def events_tail(self, limit: int = 40) -> list[Doc]:
+        """The last `limit` events, oldest first."""
+
     # ------------------------------------------------------------------ observability (own transactions)
     @abc.abstractmethod
     def add_val_point(self, version: int, tokens: int, val_loss: float, time: float, extra: Doc | None = None) -> None: ...

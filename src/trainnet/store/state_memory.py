@@ -109,6 +109,10 @@ class MemoryStateStore(StateStore):
         with self._lock:
             return [dict(e) for e in self._events[after_id:after_id + limit]]
 
+    def events_tail(self, limit: int = 40) -> list[Doc]:
+        with self._lock:
+            return [dict(e) for e in self._events[-limit:]] if limit > 0 else []
+
     # ------------------------------------------------------------------ observability
     def add_val_point(self, version: int, tokens: int, val_loss: float, time: float, extra: Doc | None = None) -> None:
         doc = {"version": int(version), "tokens": int(tokens), "val_loss": float(val_loss), "time": float(time),

@@ -377,6 +377,10 @@ class PostgresStateStore(StateStore):
                           (after_id, limit))
         return [{"id": int(i), "time": t, "kind": k, "data": json.loads(d)} for i, t, k, d in rows]
 
+    def events_tail(self, limit: int = 40) -> list[Doc]:
+        rows = self._read("SELECT id, time, kind, data FROM events ORDER BY id DESC LIMIT %s", (limit,))
+        return [{"id": int(i), "time": t, "kind": k, "data": json.loads(d)} for i, t, k, d in reversed(rows)]
+
     # ------------------------------------------------------------------ observability
     def add_val_point(self, version: int, tokens: int, val_loss: float, time: float, extra: Doc | None = None) -> None:
         doc = {"version": int(version), "tokens": int(tokens), "val_loss": float(val_loss), "time": float(time),

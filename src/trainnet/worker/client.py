@@ -3,13 +3,17 @@
     key = auth.load_or_create_key(state_dir)
     client = CoordinatorClient("http://127.0.0.1:8470", key)
     client.info()                                     # the run; NotCoordinator if the URL is not TrainNet
-    client.register(join_token=None)                  # {"node_id", "run_id"}
-    task = client.lease()                             # {"task": {...}} or {"task": None, "reason", ...}
-    reply = client.upload(body, update_signature)     # {"accepted", "reason", "version", "staleness", "audit"}
+    client.info()                                     # sets client.run_id (signatures are bound to the run)
+    client.register(join_token=None)                  # {"node_id", "run_id", "min_counter"}
+    task = client.lease()                             # {"task": {...}, "upload": {...}} or {"task": None, ...}
+    reply = client.upload(task, body, update_signature, meta)   # direct POST or presigned PUT + commit
+    client.version("latest"); client.get_url(url)     # a version's signed manifest, then its blobs
     client.reveal(task_id, residuals_safetensors)     # an audited task's r_in / r_out (docs/PROTOCOL.md)
     client.audit_claim(); client.audit_material(t); client.audit_verdict(t, True, {...})   # verifier nodes
 
-Every POST is signed with `auth.sign_request` (fresh timestamp on every attempt). Network errors,
+Every signed request (protocol 2) carries a fresh timestamp and counter on every attempt, the run id in what
+is signed, and the body's sha256 in a header; a `replay` refusal with `min_counter` (a coordinator restarted
+since the counter was drawn) raises the counter and is retried at once. Network errors,
 5xx and 429 are retried with exponential backoff and full jitter (429 honours Retry-After), within
 a bounded time budget per call; past it the call raises `Unreachable`. Any other 4xx raises
 `ApiError` with the server's error code. Responses are read with a size cap, and nothing received
@@ -93,6 +97,8 @@ class CoordinatorClient:
         self.on_retry = on_retry  # callable(str) told about each retry, for the status line
         self.bytes_up = 0
         self.bytes_down = 0
+        self.run_id = ""  # set by info(): every signature is bound to the run
+        self.counter = auth.Counter()
         self._lock = threading.Lock()
         t = self.retry.timeout_s
         self._http = httpx.Client(timeout=httpx.Timeout(t, connect=5.0, pool=5.0), follow_redirects=False)
@@ -115,6 +121,7 @@ class CoordinatorClient:
             except ValueError:
                 doc = None
         if isinstance(doc, dict) and "protocol" in doc and "run_id" in doc:
+            self.run_id = str(doc["run_id"])
             return doc
         ctype = r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
         what = f"HTTP {r.status_code} {ctype}"
@@ -127,40 +134,64 @@ class CoordinatorClient:
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
 
-    def register(self, join_token: str | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def register(self, join_token: str | None = None, info: dict[str, Any] | None = None,
+                 pow_nonce: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"public_key": auth.public_key_hex(self.key)}
         if join_token:
             body["join_token"] = join_token
         if info:
             body["info"] = info
-        return self._json("POST", "/v1/register", body)
+        if pow_nonce is not None:
+            body["pow"] = pow_nonce
+        out = self._json("POST", "/v1/register", body)
+        if isinstance(out.get("min_counter"), int):
+            self.counter.bump(out["min_counter"])
+        return out
 
     def lease(self) -> dict[str, Any]:
         return self._json("POST", "/v1/lease", {})
 
-    def heartbeat(self, task_id: str, budget_s: float | None = None) -> dict[str, Any]:
-        return self._json("POST", "/v1/heartbeat", {"task_id": task_id}, budget_s=budget_s)
+    def heartbeat(self, task_id: str, budget_s: float | None = None,
+                  progress: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"task_id": task_id}
+        if progress:
+            body["progress"] = progress
+        return self._json("POST", "/v1/heartbeat", body, budget_s=budget_s)
 
     def abandon(self, task_id: str, budget_s: float | None = 10.0) -> dict[str, Any]:
         # Called while stopping, so it must not be interrupted by the stop flag; short budget.
         return self._json("POST", "/v1/abandon", {"task_id": task_id}, budget_s=budget_s, interruptible=False)
 
-    def model(self, version: int | str = "latest", since: int | None = None) -> tuple[bytes, int | None]:
-        """Full safetensors of `version`, or with `since` the fp16-encoded difference; returns
-        (bytes, version from the X-TrainNet-Version header)."""
-        params = {"since": str(since)} if since is not None else None
-        r, data = self._send("GET", f"/v1/model/{version}", params=params, limit=self.max_download_bytes)
-        raw = r.headers.get("x-trainnet-version")
-        return data, int(raw) if raw is not None and raw.strip().isdigit() else None
+    def version(self, version: int | str = "latest") -> dict[str, Any]:
+        """A published version: {"manifest": signed manifest, "urls": {blob key: URL}, "latest": n}."""
+        return self._json("GET", f"/v1/version/{version}")
+
+    def get_url(self, url: str, limit: int | None = None) -> bytes:
+        """A blob by the URL a version reply gave: a coordinator path, or a presigned object-store URL."""
+        if url.startswith("/"):
+            return self._send("GET", url, limit=limit or self.max_download_bytes)[1]
+        return self._send("GET", url, limit=limit or self.max_download_bytes, absolute=True)[1]
 
     def shard(self, shard_id: int) -> bytes:
         return self._send("GET", f"/v1/shard/{int(shard_id)}", limit=self.max_download_bytes)[1]
 
-    def upload(self, body: bytes, update_signature: str) -> dict[str, Any]:
-        # Not interruptible: an update that is already encoded is delivered before the worker stops.
-        r, data = self._send("POST", "/v1/update", body=body, content_type="application/octet-stream",
-                             extra_headers={"X-TrainNet-Update-Signature": update_signature},
-                             limit=JSON_LIMIT, interruptible=False)
+    def upload(self, task: dict[str, Any], upload: dict[str, Any], body: bytes, update_signature: str,
+               meta: dict[str, Any]) -> dict[str, Any]:
+        """Deliver an encoded update as the lease said: POST it to the coordinator, or PUT it to the presigned
+        object-store URL and POST the signed metadata. Not interruptible: an encoded update is delivered
+        before the worker stops."""
+        sig = {"X-TrainNet-Update-Signature": update_signature}
+        task_id = task["task_id"]
+        if upload.get("method") == "PUT" and upload.get("url"):
+            self._send("PUT", upload["url"], body=body, content_type="application/octet-stream", limit=JSON_LIMIT,
+                       interruptible=False, absolute=True, sign=False)
+            r, data = self._send("POST", f"/v1/update/{task_id}/commit",
+                                 body=json.dumps(meta, separators=(",", ":")).encode(),
+                                 content_type="application/json", extra_headers=sig, limit=JSON_LIMIT,
+                                 interruptible=False)
+            return self._parse_json(r, data)
+        r, data = self._send("POST", f"/v1/update/{task_id}", body=body, content_type="application/octet-stream",
+                             extra_headers=sig, limit=JSON_LIMIT, interruptible=False)
         return self._parse_json(r, data)
 
     def reveal(self, task_id: str, body: bytes, budget_s: float | None = 60.0) -> dict[str, Any]:
@@ -181,8 +212,7 @@ class CoordinatorClient:
         """The claimed audit's safetensors (update/<p>, r_in/<p>, r_out/<p>); a signed GET with an empty
         body. The budget stays well under the server's clock-skew window, as one timestamp serves all tries."""
         path = f"/v1/audit/{task_id}/material"
-        signed = auth.sign_request(self.key, self.node_id, "GET", path, b"", time.time())
-        return self._send("GET", path, extra_headers=signed, limit=self.max_download_bytes, budget_s=budget_s)[1]
+        return self._send("GET", path, limit=self.max_download_bytes, budget_s=budget_s, sign=True)[1]
 
     def audit_verdict(self, task_id: str, passed: bool, detail: dict[str, Any]) -> dict[str, Any]:
         """Report a claimed audit's verdict (detail: finite numbers plus `reason` / `which`)."""
@@ -209,9 +239,11 @@ class CoordinatorClient:
 
     def _send(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
               params: dict[str, str] | None = None, extra_headers: dict[str, str] | None = None,
-              limit: int, budget_s: float | None = None, interruptible: bool = True, raise_4xx: bool = True
-              ) -> tuple[httpx.Response, bytes]:
-        """One call with retries. A 4xx reply raises ApiError, or with raise_4xx=False is returned."""
+              limit: int, budget_s: float | None = None, interruptible: bool = True, raise_4xx: bool = True,
+              absolute: bool = False, sign: bool | None = None) -> tuple[httpx.Response, bytes]:
+        """One call with retries. A 4xx reply raises ApiError, or with raise_4xx=False is returned. POSTs (and
+        GETs with sign=True) are signed afresh on every attempt; `absolute` URLs (presigned) never are."""
+        sign = (method == "POST") if sign is None else sign
         budget = self.retry.budget_s if budget_s is None else budget_s
         start = time.monotonic()
         attempt = 0
@@ -221,11 +253,14 @@ class CoordinatorClient:
             headers = dict(extra_headers or {})
             if content_type:
                 headers["Content-Type"] = content_type
-            if method == "POST":
-                headers.update(auth.sign_request(self.key, self.node_id, method, path, body or b"", time.time()))
+            if sign and not absolute:
+                now = time.time()
+                headers.update(auth.sign_request(self.key, self.node_id, self.run_id, method, path, body or b"", now,
+                                                 self.counter.next(now)))
             wait, why = None, ""
             try:
-                r, data = self._once(method, path, body, params, headers, limit)
+                r, data = self._once(method, path if absolute else self.base_url + path, body, params, headers,
+                                     limit)
             except httpx.TransportError as exc:
                 why = f"{type(exc).__name__}: {str(exc)[:80]}"
             else:
@@ -241,6 +276,11 @@ class CoordinatorClient:
                         code, detail = str(err.get("error", code)), str(err.get("detail", ""))
                     except (ValueError, AttributeError):
                         err, detail = None, data[:200].decode("utf-8", "replace")
+                    floor = err.get("min_counter") if isinstance(err, dict) else None
+                    if code == "replay" and isinstance(floor, int) and attempt < 3:
+                        self.counter.bump(floor)  # the coordinator restarted after this counter was drawn
+                        attempt += 1
+                        continue
                     raise ApiError(r.status_code, code, detail, err if isinstance(err, dict) else None)
             delay = wait if wait is not None else self.retry.delay(attempt, self.rng)
             attempt += 1
@@ -258,7 +298,7 @@ class CoordinatorClient:
 
     def _once(self, method: str, path: str, body: bytes | None, params: dict[str, str] | None,
               headers: dict[str, str], limit: int) -> tuple[httpx.Response, bytes]:
-        with self._http.stream(method, self.base_url + path, content=body, params=params, headers=headers) as r:
+        with self._http.stream(method, path, content=body, params=params, headers=headers) as r:
             declared = r.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise ApiError(r.status_code, "reply_too_large", f"{declared} bytes > limit {limit}")

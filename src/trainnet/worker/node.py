@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
 
+from trainnet.aggregate.layout import ParamLayout
+from trainnet.aggregate.publish import ManifestError, Reconstructor, verify_manifest
 from trainnet.codec import ErrorFeedback
 from trainnet.energy import EnergyReading, auto_meter
 from trainnet.model.gpt import GPT, GPTConfig
 from trainnet.protocol import auth
-from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
+from trainnet.protocol.wire import encode_update, header_sha256
+from trainnet.server.api import solve_pow
 from trainnet.train.local import TaskHParams, params_of, run_task
 from trainnet.verify.commit import EMPTY_DIGEST, encode_committed
 from trainnet.worker.client import (
@@ -244,8 +246,12 @@ class Worker:
             if held is not None:
                 self.version, self.params, self.chain = held
             self.ef = ErrorFeedback.load(self.store.feedback_dir(run_id), codec)
+        self.signer = info.get("signer")
+        bits = int((info.get("limits") or {}).get("register_pow_bits") or 0)
+        nonce = solve_pow(run_id, auth.public_key_hex(self.key), bits) if bits > 0 else None
         reply = self.client.register(self.opts.join_token, info={"device": self.device,
-                                                                  "threads": torch.get_num_threads()})
+                                                                  "threads": torch.get_num_threads()},
+                                     pow_nonce=nonce)
         self.status.log(f"registered {self.node_id} in run {self.run_id} (codec {self.codec}, device {self.device}, "
                         f"model {sum(t.numel() for t in self.template.values()):,} params)")
         if reply.get("run_id") not in (None, self.run_id):
@@ -278,6 +284,7 @@ class Worker:
                 if code is not None:
                     return code
                 continue
+            task = dict(task, _upload=reply.get("upload"))
             self._hold(task)
             self._do_task(task)
         return EXIT_OK
@@ -318,28 +325,34 @@ class Worker:
         return ", ".join(f"{k} {v}" for k, v in sorted(self.results.items())) or "no uploads"
 
     def _ensure_model(self, base: int) -> None:
+        """Hold version `base` of the published model: apply the published deltas since the version held
+        (q4 of the difference, a few bits per parameter per version), or load the last full checkpoint when
+        that is cheaper; every manifest's signature and every blob's sha256 are checked."""
         if self.version == base and self.params is not None:
             return
-        if self.params is not None and self.version is not None and self.version < base \
-                and self.chain < self.opts.delta_chain_max:
-            try:
-                data, _ = self.client.model(base, since=self.version)
-                diff = check_params(decode_update(data).tensors, self.template, f"model delta {self.version}->{base}")
-                self.params = {k: self.params[k] + diff[k] for k in self.template}
-                self.version, self.chain = base, self.chain + 1
-                self.store.save_model(self.params, base, self.run_id, self.model_cfg, self.chain)
-                return
-            except (ApiError, WireFormatError, ModelFormatError) as exc:
-                self.status.log(f"model delta {self.version}->{base} unavailable ({exc}); full download")
-        data, got = self.client.model(base)
-        if got is not None and got != base:
-            raise ModelFormatError(f"asked for model version {base}, got {got}")
+        layout = ParamLayout.of(self.template)
+        urls: dict[str, str] = {}
+        manifests: dict[int, dict[str, Any]] = {}
+
+        def manifest(v: int) -> dict[str, Any]:
+            if v not in manifests:
+                reply = self.client.version(v)
+                manifests[v] = verify_manifest(reply["manifest"], self.signer)
+                urls.update(reply.get("urls") or {})
+            return manifests[v]
+
+        def blob(key: str) -> bytes:
+            return self.client.get_url(urls[key])
+
+        r = Reconstructor(manifest, blob, layout.numel)
+        have = (self.version, layout.flatten(self.params)) if self.params is not None and self.version is not None \
+            else None
         try:
-            params = st_load(data)
-        except Exception as exc:  # safetensors raises its own error types on malformed input
-            raise ModelFormatError(f"model {base}: not valid safetensors ({exc})") from None
-        self.params = check_params(params, self.template, f"model {base}")
-        self.version, self.chain = base, 0
+            flat = r.get(base, have if have is not None and have[0] <= base else None)
+        except ManifestError as exc:
+            raise ModelFormatError(f"model version {base}: {exc}") from None
+        self.params = check_params(layout.unflatten(flat), self.template, f"model {base}")
+        self.version = base
         self.store.save_model(self.params, base, self.run_id, self.model_cfg)
 
     def _fetch_shard(self, shard_id: int, sha256: str) -> torch.Tensor:
@@ -403,11 +416,14 @@ class Worker:
         revealable = commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST
         loss = result.loss_mean if math.isfinite(result.loss_mean) else result.loss_last
         energy = energy_extra(reading)
+        extra = {"tokens": result.tokens, "steps": result.steps, "loss": float(loss), **energy, **commit}
         body = encode_update(encoded, codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
-                             base_version=base, extra={"tokens": result.tokens, "steps": result.steps,
-                                                       "loss": float(loss), **energy, **commit})
+                             base_version=base, extra=extra)
         raw = sum(4 * t.numel() for t in result.delta.values())
-        sig = auth.sign_update(self.key, self.run_id, self.node_id, task_id, base, hashlib.sha256(body).hexdigest())
+        sha, hsha = hashlib.sha256(body).hexdigest(), header_sha256(body)
+        sig = auth.sign_update(self.key, self.run_id, self.node_id, task_id, base, sha, hsha)
+        meta = {"base_version": base, "sha256": sha, "header_sha256": hsha, "nbytes": len(body), "codec": codec,
+                **extra}
         self.status.update(phase="uploading", raw=raw, sent=len(body))
         # Until the outcome is known the saved residual is the zero one: a worker killed mid-upload
         # restarts from a reset, which continues the coordinator's chain whatever became of the upload.
@@ -416,7 +432,7 @@ class Worker:
             self.reveals.put(task_id, old, new)  # on disk before the upload: a restart can still reveal
         accepted, outcome, audit, unknown = False, "", {}, False
         try:
-            reply = self.client.upload(body, sig)
+            reply = self.client.upload(task, task.get("_upload") or {}, body, sig, meta)
             accepted = bool(reply.get("accepted"))
             reason = str(reply.get("reason", ""))
             audit = reply.get("audit") or {}
