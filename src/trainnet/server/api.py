@@ -293,7 +293,17 @@ class Api:
                                 "revoked": t.revoked, "label": t.label} for t in c.tokens.values()],
                     "jobs": [{"job_id": j.job_id, "kind": j.kind, "phase": j.phase, "updates": len(j.updates)}
                              for j in c.jobs.values()]}
-        return self.status() | svc.read(look) | {"limits": svc.limits.to_dict()}
+        return self.status() | svc.read(look) | {"limits": svc.limits.to_dict(), "persistence": persistence(svc)}
+
+
+def persistence(svc: Service) -> dict[str, Any]:
+    """Durable-step cost: the last (up to) 4,096 group commits of the state store."""
+    ms, rows = list(svc.commit_ms), list(svc.commit_rows)
+    if not ms:
+        return {"commits": 0}
+    s = sorted(ms)
+    return {"commits": len(ms), "ms_p50": s[len(s) // 2], "ms_p99": s[min(len(s) - 1, int(0.99 * len(s)))],
+            "ms_mean": sum(ms) / len(ms), "rows_per_commit": sum(rows) / len(rows), "store": svc.state.url}
 
 
 EVIDENCE_SHOWN = 10

@@ -57,6 +57,10 @@ def _config(run_path: str, overrides: tuple[str, ...], extra: list[str] = ()):
               help="Token of the operator view (default: made once and kept in the state store; printed at start).")
 @click.option("--register-pow-bits", default=0, show_default=True, type=click.IntRange(0, 32),
               help="Proof of work a new identity must show at registration (leading zero bits).")
+@click.option("--register-per-ip", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="New identities per minute from one address (0: no limit).")
+@click.option("--ip-rate", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="Unsigned requests per second from one address (0: no limit).")
 @click.option("--set", "overrides", multiple=True, help="Config override section.field=value (repeatable).")
 @click.option("--rate", default=20.0, show_default=True, type=float, help="Requests/s per node (0: off).")
 @click.option("--burst", default=40.0, show_default=True, type=float)
@@ -75,7 +79,7 @@ def _config(run_path: str, overrides: tuple[str, ...], extra: list[str] = ()):
 @click.option("--eval-interval", default=2.0, show_default=True, type=float,
               help="Seconds between held-out evaluations of new model versions.")
 def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, port, join_token, join_token_max_keys,
-                    operator_token, register_pow_bits, overrides, rate, burst, keep_versions, log_level, verify_rate,
+                    operator_token, register_pow_bits, register_per_ip, ip_rate, overrides, rate, burst, keep_versions, log_level, verify_rate,
                     rule, verify_device, verifiers, verifier_keys, eval_interval):
     """Run the coordinator's HTTP server (protocol 2.0)."""
     from trainnet.server.limits import ServerLimits
@@ -98,7 +102,8 @@ def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, p
     limits = ServerLimits(rate_per_s=rate, burst=burst, keep_versions=keep_versions, verify_device=verify_device,
                           verifiers=verifiers, verifier_keys=read_keys(Path(verifier_keys)) if verifier_keys else (),
                           operator_token=operator_token, join_token=join_token,
-                          join_token_max_keys=join_token_max_keys, register_pow_bits=register_pow_bits)
+                          join_token_max_keys=join_token_max_keys, register_pow_bits=register_pow_bits,
+                          register_per_ip_per_min=register_per_ip, ip_rate_per_s=ip_rate)
     try:
         serve(cfg, Path(state_dir) if state_dir else None, host, port, limits, log_level, eval_interval, db, blobs,
               aggregators, echo=lambda *a, **k: click.echo(*a))
