@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from trainnet.dashboard.data import RunDB, run_view
+from trainnet.dashboard.data import run_view
 from trainnet.dashboard.timeline import timeline_from_events, timeline_from_sim
 from trainnet.energy.cost import EnergyCost
 
@@ -38,27 +38,43 @@ def _curve_from_json(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"tokens": p["tokens"], "val_loss": p["val_loss"]} for p in result.get("curve", [])]
 
 
+def open_run_store(state: Path | str) -> Any:
+    """The state store of a run: a coordinator state dir (its coordinator.db) or a store URL."""
+    from trainnet.store.state import open_state_store
+
+    text = str(state)
+    if text.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        return open_state_store(text)
+    path = Path(state) / "coordinator.db"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (not a coordinator state dir)")
+    return open_state_store(f"sqlite:///{path.resolve()}")
+
+
 def load_state_dir(state: Path, cost: EnergyCost) -> dict[str, Any]:
-    """Normalized report data of a coordinator state dir (read-only)."""
-    db = RunDB(state)
+    """Normalized report data of a coordinator run (read-only)."""
+    store = open_run_store(state)
     try:
-        view = run_view(db, time.time(), events=20)
-        fp = db.meta("fingerprint") or {}
+        view = run_view(store, time.time(), events=20)
+        fp = store.get_meta("fingerprint") or {}
         cc = fp.get("coordinator", {})
         start = view["started_at"] or time.time()
-        events = db.events()
+        events, after = [], 0
+        while batch := store.events_since(after, 10_000):
+            events += batch
+            after = batch[-1]["id"]
         end = view["ended_at"] or max([e["time"] for e in events] + [start])
-        uploads = db.uploads()
+        uploads = sorted((u for u in store.log_list("updates", limit=1_000_000) if u.get("merged_into", 0) != -1),
+                         key=lambda u: u["arrived"])
         cum, train = 0, []
         for u in uploads:
-            if u["merged_into"] != -1:
-                cum += u["tokens"]
-                if u["loss"] is not None:
-                    train.append((cum, u["loss"]))
+            cum += u["tokens"]
+            if u.get("loss") is not None:
+                train.append((cum, u["loss"]))
         tl = timeline_from_events(events, float(cc.get("lease_s", 600.0)), int(cc.get("max_staleness", 8)),
                                   start, end)
     finally:
-        db.close()
+        store.close()
     e = view["energy"]
     jm, j = e["measured_joules"], e["joules"]
     e.update(kwh=cost.kwh(j), co2_kg=cost.co2_kg(j), cost_usd=cost.energy_usd(j))

@@ -1,90 +1,82 @@
-"""Simulate N virtual workers against the real `Coordinator`, in one process, on a virtual clock.
+"""Simulate N virtual workers against the coordinator's own service layer, in one process, on a virtual clock.
 
     result = simulate(load_config("bench/standard.toml"))
-    result["final_val_loss"], result["bytes_up_per_worker"]
+    result["final_val_loss"], result["bytes_up_per_worker"], result["stale_refusals"]
 
-Each virtual worker has a speed (log-normal spread plus an optional slow tail), may join late, may
-leave for good, loses each task with probability `dropout` (it vanishes mid-task and comes back
-after `downtime_s`; its lease expires and the shard is handed out again) and delays its uploads by
-an exponential lag. Tasks really run: the same `run_task` the worker and verifier use computes every
-update that reaches the coordinator, and its upload is serialized to count real bytes. Work that
-never reaches the coordinator is not computed (it cannot change the model), but its steps are
-counted as wasted compute.
+The coordinator here is the one that ships: the same `Api` the HTTP server calls (request signatures with real
+ed25519 keys, replay counters, audits with reveals and deadlines, bans, durable row-level commits to a state
+store), the same engine, and the same data plane (aggregator merge tasks, signed published versions in a blob
+store). Only the sockets and the clock are replaced. Each virtual worker has a speed (log-normal spread plus an
+optional slow tail), may join late or leave for good, loses each task with probability `dropout` (it vanishes
+mid-task, its lease expires and the shard is handed out again) and delays its uploads by an exponential lag.
+Tasks really run (`run_task`, as the worker and verifier), uploads are real encoded bytes, and every worker's
+downloads are counted from the published manifests as it would fetch them.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from trainnet.aggregate import keys
+from trainnet.aggregate.publish import Reconstructor
 from trainnet.config import RunConfig
-from trainnet.coordinator.core import Coordinator, CoordinatorConfig
-from trainnet.data.corpus import Corpus, load_run_corpus
-from trainnet.model.gpt import GPT
-from trainnet.protocol.messages import LeaseRequest, NoTask, Register, TaskSpec, UpdateSubmission
+from trainnet.data.corpus import Corpus
+from trainnet.protocol.messages import TaskSpec
 from trainnet.protocol.wire import decode_update
+from trainnet.server.limits import ApiError, ServerLimits
+from trainnet.server.runspec import RunSpec, build_model
+from trainnet.server.runtime import Runtime
+from trainnet.sim.client import SimNode, refused
 from trainnet.sim.security import Security
-from trainnet.sim.upload import Uploader, decode_upload
-from trainnet.train.local import TaskHParams, evaluate, flatten, params_of, run_task
+from trainnet.store.blob_memory import MemoryBlobStore
+from trainnet.store.state_memory import MemoryStateStore
+from trainnet.train.local import TaskHParams, run_task
+from trainnet.verify.commit import CommittingUploader
+from trainnet.worker.reveal import reveal_body
 
 
 @dataclass
 class VirtualWorker:
     idx: int
-    node_id: str
+    node: SimNode
     speed: float
     join_at: float
     leave_at: float
-    uploader: Any = None  # Uploader, or CommittingUploader when verification is on
+    uploader: CommittingUploader
     malicious: bool = False
     registered: bool = False
+    have: int | None = None  # the model version this worker holds (download accounting)
     tasks_done: int = 0
     tasks_lost: int = 0
     bytes_up: int = 0
+    bytes_down: int = 0
     steps_done: int = 0
+    residuals: dict[str, tuple[dict, dict]] = field(default_factory=dict)
 
-
-def task_precision(cfg: RunConfig) -> str:
-    """The precision every task of the run trains in: inner.precision, with "auto" pinned to "fp32" when
-    tasks are verified (the worker's device must not decide numerics that an audit replays)."""
-    p = cfg.inner.precision
-    return "fp32" if p == "auto" and cfg.consensus.verify_rate > 0 else p
-
-
-def coordinator_config(cfg: RunConfig) -> CoordinatorConfig:
-    c, i, s = cfg.consensus, cfg.inner, cfg.sim
-    return CoordinatorConfig(
-        run_id=cfg.name, tokens_target=s.tokens, seed=s.seed, h=c.h, h_start=c.h_start, h_ramp=c.h_ramp,
-        batch_size=i.batch_size, seq_len=cfg.model.block_size, lr=i.lr, lr_warmup=i.warmup_tokens,
-        min_lr_ratio=i.min_lr_ratio, weight_decay=i.weight_decay, beta1=i.beta1, beta2=i.beta2,
-        grad_clip=i.grad_clip, precision=task_precision(cfg), outer_lr=c.outer_lr, outer_momentum=c.outer_momentum, nesterov=c.nesterov,
-        quorum=c.quorum, grace_s=c.grace_s, min_updates=c.min_updates, max_staleness=c.max_staleness,
-        staleness_power=c.staleness_power, stale_mode=c.stale_mode, partial_scaling=c.partial_scaling, token_weighting=c.token_weighting, aggregator=c.aggregator,
-        lease_s=c.lease_s, max_leases_per_node=c.max_leases_per_node,
-        warm_start_tokens=round(c.warm_start * s.tokens),
-        verify_rate=c.verify_rate, verify_probation=c.verify_probation, ban_after_failures=c.ban_after_failures,
-        **({"audit_key": c.audit_key} if c.audit_key else {}),
-        shard_groups=0 if s.iid else s.workers,
-    )
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
 
 
 def make_workers(cfg: RunConfig, horizon_s: float) -> list[VirtualWorker]:
-    """Worker speeds, arrivals and departures, all drawn from the run seed."""
+    """Worker speeds, arrivals, departures and keys, all drawn from the run seed."""
     s = cfg.sim
     rng = random.Random(s.seed * 7919 + 17)
-    n_slow = round(s.slow_fraction * s.workers)
-    n_late = round(s.late_fraction * s.workers)
+    keys_rng = random.Random(s.seed * 31 + 5)
+    n_slow, n_late = round(s.slow_fraction * s.workers), round(s.late_fraction * s.workers)
     n_gone = round(s.depart_fraction * s.workers)
     order = list(range(s.workers))
     rng.shuffle(order)
-    slow, late, gone = set(order[:n_slow]), set(order[n_slow : n_slow + n_late]), set(order[-n_gone:] if n_gone else [])
+    slow, late, gone = set(order[:n_slow]), set(order[n_slow:n_slow + n_late]), set(order[-n_gone:] if n_gone else [])
     workers = []
     for i in range(s.workers):
         speed = math.exp(rng.gauss(0.0, s.speed_sigma)) if s.speed_sigma > 0 else 1.0
@@ -92,8 +84,47 @@ def make_workers(cfg: RunConfig, horizon_s: float) -> list[VirtualWorker]:
             speed *= s.slow_factor
         join_at = rng.uniform(0, 0.3 * horizon_s) if i in late else 0.0
         leave_at = rng.uniform(0.3 * horizon_s, 0.8 * horizon_s) if i in gone else math.inf
-        workers.append(VirtualWorker(i, f"w{i:03d}", speed, join_at, leave_at))
+        workers.append(VirtualWorker(i, SimNode.make(i, keys_rng), speed, join_at, leave_at,
+                                     CommittingUploader(s.codec)))
     return workers
+
+
+class Models:
+    """Published versions as the workers rebuild them (each version rebuilt once, from the blob store), and
+    what each download costs a worker that holds version `have`."""
+
+    def __init__(self, spec: RunSpec, blobs: MemoryBlobStore, keep: int) -> None:
+        self.spec, self.blobs, self.keep = spec, blobs, keep
+        self.flat: dict[int, torch.Tensor] = {}
+        self.manifests: dict[int, dict[str, Any]] = {}
+        self.recon = Reconstructor(self.manifest, blobs.get, spec.layout.numel)
+
+    def manifest(self, v: int) -> dict[str, Any]:
+        if v not in self.manifests:
+            self.manifests[v] = json.loads(self.blobs.get(keys.manifest(v)))
+        return self.manifests[v]
+
+    def params(self, v: int) -> dict[str, torch.Tensor]:
+        if v not in self.flat:
+            prev = max((u for u in self.flat if u < v), default=None)
+            self.flat[v] = self.recon.get(v, (prev, self.flat[prev]) if prev is not None else None)
+            for old in sorted(self.flat)[:-self.keep]:
+                del self.flat[old]
+        return self.spec.layout.unflatten(self.flat[v])
+
+    def download_bytes(self, target: int, have: int | None) -> int:
+        start, deltas = self.recon.plan(target, have if have is not None and have <= target else None)
+        n = sum(c["nbytes"] for c in self.manifest(start)["full"]["chunks"]) if start is not None else 0
+        for v in deltas:
+            n += sum(s["nbytes"] for s in self.manifest(v)["delta"]["shards"])
+        return n + 1024 * (len(deltas) + 1)  # + the manifests (about a kilobyte each)
+
+
+def sim_limits(cfg: RunConfig) -> ServerLimits:
+    """The server's limits, with what only makes sense across a network turned off (rate limits: virtual
+    workers share no address and no clock skew) and the verifier's wall-clock budget unbounded."""
+    return ServerLimits(rate_per_s=0.0, ip_rate_per_s=0.0, register_per_ip_per_min=0.0, max_skew_s=1e12,
+                        verify_budget_s=1e9)
 
 
 def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -103,26 +134,24 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     s = cfg.sim
     if s.threads:
         torch.set_num_threads(s.threads)
-    torch.manual_seed(s.seed)
-    corpus = corpus or load_run_corpus(cfg)
-    model = GPT(cfg.model)
-    if s.init:  # a local file named by the user (safetensors: no pickle)
+    spec = RunSpec.load(cfg, corpus)
+    if s.init:  # a local safetensors file of initial parameters (a pre-trained model to fine-tune)
         from safetensors.torch import load_file
 
-        from trainnet.train.local import load_params
-        load_params(model, load_file(s.init))
-    init = params_of(model)
-    coord = Coordinator(coordinator_config(cfg), corpus.manifest, init)
-    n_params = coord.num_params
-    val_tokens = [corpus.shard(i).tokens for i in corpus.manifest.ids("val")]
-    # A rough horizon (virtual seconds) to place late joins and departures inside the run.
+        init = load_file(s.init)
+        spec.__dict__["template"] = {k: init[k].float().clone() for k in spec.template}
+    now_box = [0.0]
+    state, blobs = MemoryStateStore(), MemoryBlobStore()
+    rt = Runtime.open(cfg, "memory:", "memory:", sim_limits(cfg), aggregators=1, evaluate=False, sync=True,
+                      state=state, blobs=blobs, spec=spec, clock=lambda: now_box[0])
+    svc, api, core = rt.svc, rt.api, rt.svc.core
+    rt.drain(0.0)
+    model = build_model(cfg, seed=0)
+    models = Models(spec, blobs, keep=cfg.consensus.max_staleness + 3)
     steps_total = s.tokens / (cfg.inner.batch_size * cfg.model.block_size)
     horizon = steps_total / s.workers * s.step_s / max(1e-9, 1 - s.dropout)
     workers = make_workers(cfg, horizon)
-    sec = Security(cfg, model, corpus, coord) if Security.wanted(cfg) else None
-    for w in workers:
-        w.uploader = sec.uploader() if sec else Uploader(s.codec)
-        w.malicious = bool(sec and sec.is_malicious(w.idx))
+    sec = Security(cfg, spec.corpus, workers)
     rng = random.Random(s.seed * 104729 + 3)
     heap: list[tuple[float, int, str, int, Any]] = []
     seq = 0
@@ -136,142 +165,184 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
         push(w.join_at, "free", w.idx)
     tick_s = max(min(cfg.consensus.grace_s, cfg.consensus.lease_s) / 4, s.step_s)
     push(0.0, "tick", -1)
-
     curve: list[dict[str, float]] = []
-    stats = {"tasks_lost": 0, "steps_wasted": 0, "steps_computed": 0, "bytes_up": 0, "uploads": 0}
-    last_eval_step = -1
+    stats = {"tasks_lost": 0, "steps_wasted": 0, "steps_computed": 0, "bytes_up": 0, "uploads": 0,
+             "verify_events": 0}
+    last_eval = [-1]
 
     def record_eval(now: float) -> None:
-        nonlocal last_eval_step
-        loss = evaluate(model, coord.params(), val_tokens, s.eval_batches, s.eval_batch_size, cfg.model.block_size)
-        last_eval_step = coord.outer_steps
-        curve.append({"tokens": coord.tokens_accepted, "outer_steps": coord.outer_steps, "val_loss": loss,
-                      "sim_time_s": now, "wall_s": time.perf_counter() - t_start})
+        loss = spec.heldout_loss(models.params(core.version), model)
+        last_eval[0] = core.outer_steps
+        curve.append({"tokens": core.tokens_accepted, "outer_steps": core.outer_steps, "version": core.version,
+                      "val_loss": loss, "sim_time_s": now, "wall_s": time.perf_counter() - t_start})
         if on_progress:
             on_progress(curve[-1] | {"tokens_target": s.tokens})
 
+    def settle(now: float) -> None:
+        """The data plane finishes what is due (merges take no virtual time here, as before)."""
+        now_box[0] = now
+        rt.drain(now)
+
     record_eval(0.0)
     now = 0.0
-    max_events = 10_000_000
-    while heap and not coord.done and max_events > 0:
-        max_events -= 1
+    events = 0
+    while heap and not core.done and events < 10_000_000:
+        events += 1
         now, _, kind, wi, payload = heapq.heappop(heap)
+        now_box[0] = now
         if kind == "tick":
-            coord.tick(now)
+            svc.tick(now)
+            settle(now)
             push(now + tick_s, "tick", -1)
         elif kind == "free":
-            w = workers[wi]
-            if now >= w.leave_at:
-                continue
-            if not w.registered:
-                coord.register(Register(w.node_id), now)
-                w.registered = True
-            reply = coord.lease(LeaseRequest(w.node_id), now)
-            if isinstance(reply, NoTask):
-                if math.isfinite(reply.retry_after_s):
-                    push(now + min(reply.retry_after_s, tick_s), "free", wi)
-                continue
-            base = {k: v.clone() for k, v in coord.params().items()}
-            duration = reply.hparams["steps"] * s.step_s / w.speed
-            vanish = rng.random() < s.dropout
-            if vanish or now + duration >= w.leave_at:
-                cut = rng.random() * duration if vanish else w.leave_at - now
-                w.tasks_lost += 1
-                stats["tasks_lost"] += 1
-                stats["steps_wasted"] += int(reply.hparams["steps"] * cut / duration)
-                if vanish:
-                    push(now + cut + s.downtime_s, "free", wi)
-            else:
-                push(now + duration, "done", wi, (reply, base))
+            _free(workers[wi], now, api, core, models, rng, cfg, push, stats, tick_s)
         elif kind == "done":
-            w = workers[wi]
-            spec, base = payload
-            if sec and coord.nodes[w.node_id].banned:
-                continue  # a banned node's work is refused anyway; it gets no new task
-            if w.malicious:
-                data, steps = sec.malicious_upload(model, spec, base, w)
-                stats["steps_computed"] += steps
-            else:
-                data = _train_and_encode(model, corpus, spec, base, cfg, w)
-                stats["steps_computed"] += spec.hparams["steps"]
-            if sec:
-                sec.remember(spec.task_id, base, w.uploader)
-            stats["bytes_up"] += len(data)
-            stats["uploads"] += 1
-            w.bytes_up += len(data)
-            lag = rng.expovariate(1.0 / s.lag_s) if s.lag_s > 0 else 0.0
-            push(now + lag, "arrive", wi, (spec, data))
+            _done(workers[wi], payload, now, api, models, model, spec, cfg, sec, rng, push, stats)
         elif kind == "arrive":
-            w = workers[wi]
-            spec, data = payload
-            if sec:
-                decoded = decode_update(data)
-                delta, extra = decoded.tensors, decoded.header.extra
-            else:
-                delta = decode_upload(data)
-            reply = coord.submit(
-                UpdateSubmission(w.node_id, spec.task_id, spec.base_version, delta, spec.tokens,
-                                 spec.hparams["steps"], wire_bytes=len(data)),
-                now,
-            )
-            if reply.accepted:
-                w.tasks_done += 1
-            else:
-                stats["steps_wasted"] += spec.hparams["steps"]
-            if sec:
-                if reply.accepted and not w.malicious:
-                    sec.observe_honest(flatten(delta, coord.template))
-                delay = sec.after_submit(w, spec, extra, now)
-                if delay is not None:
-                    push(now + delay, "verify", wi, spec.task_id)
-            push(now, "free", wi)
+            _arrive(workers[wi], payload, now, api, core, sec, push, stats, cfg)
+            settle(now)
         elif kind == "verify":
-            sec.verify(payload, now)
-        if coord.outer_steps != last_eval_step and (
-            coord.outer_steps % s.eval_every == 0 or coord.done
-        ):
+            stats["verify_events"] += 1
+            api.audits.verify_once(now)
+            settle(now)
+        if core.outer_steps != last_eval[0] and (core.outer_steps % s.eval_every == 0 or core.done):
             record_eval(now)
-    if curve[-1]["outer_steps"] != coord.outer_steps:
+    settle(now)
+    if curve[-1]["version"] != core.version:
         record_eval(now)
+    return _result(cfg, spec, core, svc, workers, stats, curve, now, t_start, models) | sec.report(
+        core, model, models.params(core.version), stats["steps_computed"] + stats["steps_wasted"])
+
+
+def _free(w: VirtualWorker, now: float, api: Any, core: Any, models: Models, rng: random.Random, cfg: RunConfig,
+          push: Callable, stats: dict[str, int], tick_s: float) -> None:
+    s = cfg.sim
+    if now >= w.leave_at:
+        return
+    if not w.registered:
+        w.node.register(api, now)
+        w.registered = True
+    try:
+        reply = w.node.lease(api, now)
+    except ApiError as exc:
+        if exc.code == "banned":
+            return
+        raise
+    task = reply.get("task")
+    for task_id in reply.get("reveals_due") or []:
+        _reveal(w, task_id, api, now)
+    if not task:
+        after = reply.get("retry_after_s")
+        if after is not None and reply.get("reason") not in ("done", "banned"):
+            push(now + min(float(after), tick_s), "free", w.idx)
+        return
+    spec = TaskSpec(**task)
+    w.bytes_down += models.download_bytes(spec.base_version, w.have)
+    w.have = spec.base_version
+    duration = spec.hparams["steps"] * s.step_s / w.speed
+    vanish = rng.random() < s.dropout
+    if vanish or now + duration >= w.leave_at:
+        cut = rng.random() * duration if vanish else w.leave_at - now
+        w.tasks_lost += 1
+        stats["tasks_lost"] += 1
+        stats["steps_wasted"] += int(spec.hparams["steps"] * cut / duration)
+        if vanish:
+            push(now + cut + s.downtime_s, "free", w.idx)
+    else:
+        push(now + duration, "done", w.idx, spec)
+
+
+def _done(w: VirtualWorker, spec: TaskSpec, now: float, api: Any, models: Models, model: torch.nn.Module,
+          rs: RunSpec, cfg: RunConfig, sec: Security, rng: random.Random, push: Callable,
+          stats: dict[str, int]) -> None:
+    base = models.params(spec.base_version)
+    if w.malicious:
+        delta, steps = sec.malicious_update(model, spec, base, w)
+    else:
+        shard = rs.corpus.shard(spec.shard_id, expect_sha256=spec.shard_sha256)
+        res = run_task(model, base, shard.tokens, TaskHParams(**spec.hparams), seed=spec.seed)
+        delta, steps = res.delta, spec.hparams["steps"]
+    stats["steps_computed"] += steps
+    w.steps_done += steps
+    data = w.uploader.encode(delta, spec, w.node_id)
+    w.residuals[spec.task_id] = w.uploader.last_residuals
+    stats["bytes_up"] += len(data)
+    stats["uploads"] += 1
+    w.bytes_up += len(data)
+    lag = rng.expovariate(1.0 / cfg.sim.lag_s) if cfg.sim.lag_s > 0 else 0.0
+    push(now + lag, "arrive", w.idx, (spec, data))
+
+
+def _arrive(w: VirtualWorker, payload: tuple[TaskSpec, bytes], now: float, api: Any, core: Any, sec: Security,
+            push: Callable, stats: dict[str, int], cfg: RunConfig) -> None:
+    spec, data = payload
+    try:
+        reply = w.node.upload(api, spec.to_dict(), data, now)
+    except ApiError as exc:
+        reply = refused(exc)
+    if reply.get("accepted"):
+        w.tasks_done += 1
+        if not w.malicious:
+            sec.observe_honest(data)
+        audit = reply.get("audit") or {}
+        if audit.get("reveal"):
+            _reveal(w, spec.task_id, api, now)
+        if spec.task_id in core.audits:  # the built-in verifier takes steps x step_s / verifier_speed
+            push(now + spec.hparams["steps"] * cfg.sim.step_s / cfg.sim.verifier_speed, "verify", -1)
+    else:
+        stats["steps_wasted"] += spec.hparams["steps"]
+        w.residuals.pop(spec.task_id, None)
+    if reply.get("reason") != "banned":
+        push(now, "free", w.idx)
+
+
+def _reveal(w: VirtualWorker, task_id: str, api: Any, now: float) -> None:
+    kept = w.residuals.get(task_id)
+    if kept is None:
+        return
+    try:
+        w.node.reveal(api, task_id, reveal_body(*kept), now)
+    except ApiError:
+        pass  # already revealed, or the audit is gone (its node was banned meanwhile)
+    w.residuals.pop(task_id, None)
+
+
+def _result(cfg: RunConfig, spec: RunSpec, core: Any, svc: Any, workers: list[VirtualWorker], stats: dict[str, int],
+            curve: list[dict[str, float]], now: float, t_start: float, models: Models) -> dict[str, Any]:
+    s = cfg.sim
+    n_params = spec.layout.numel
     tokens_per_step = cfg.inner.batch_size * cfg.model.block_size
-    ddp_bytes = 4 * n_params * coord.tokens_accepted / (tokens_per_step * s.workers)
-    st = coord.status()
+    ddp_bytes = 4 * n_params * core.tokens_accepted / (tokens_per_step * s.workers)
+    st = core.status()
+    versions = max(core.version, 1)
+    down = sum(w.bytes_down for w in workers)
+    rounds = sum(1 for w in workers for _ in range(w.tasks_done + w.tasks_lost))
     return {
-        "algo": "async",
-        "final_val_loss": curve[-1]["val_loss"],
-        "tokens": coord.tokens_accepted,
+        "algo": "async", "final_val_loss": curve[-1]["val_loss"], "tokens": core.tokens_accepted,
         "tokens_computed": (stats["steps_computed"] + stats["steps_wasted"]) * tokens_per_step,
-        "outer_steps": coord.outer_steps,
-        "updates_accepted": st["updates_accepted"],
-        "updates_rejected": st["updates_rejected"],
-        "reject_reasons": st["reject_reasons"],
-        "updates_dropped": stats["tasks_lost"],
-        "leases_expired": st["leases_expired"],
-        "uploads": stats["uploads"],
-        "bytes_up_total": stats["bytes_up"],
-        "bytes_up_per_worker": stats["bytes_up"] / s.workers,
-        "ddp_bytes_up_per_worker": ddp_bytes,
+        "outer_steps": core.outer_steps, "versions": core.version, "updates_accepted": st["updates_accepted"],
+        "updates_rejected": st["updates_rejected"], "reject_reasons": st["reject_reasons"],
+        "stale_refusals": st["reject_reasons"].get("too_stale", 0),
+        "stale_refusal_share": st["reject_reasons"].get("too_stale", 0) / max(1, st["updates_accepted"]
+                                                                           + st["updates_rejected"]),
+        "updates_dropped": stats["tasks_lost"], "leases_expired": st["leases_expired"],
+        "quorum_final": st["quorum"], "uploads": stats["uploads"], "bytes_up_total": stats["bytes_up"],
+        "bytes_up_per_worker": stats["bytes_up"] / s.workers, "ddp_bytes_up_per_worker": ddp_bytes,
         "bytes_reduction_vs_ddp": ddp_bytes / max(stats["bytes_up"] / s.workers, 1e-9),
-        "params": n_params,
-        "sim_time_s": now,
-        "wall_s": time.perf_counter() - t_start,
-        "curve": curve,
-        "nodes": [
-            {"node_id": w.node_id, "speed": w.speed, "join_at": w.join_at,
-             "leave_at": None if math.isinf(w.leave_at) else w.leave_at, "tasks_done": w.tasks_done,
-             "tasks_lost": w.tasks_lost, "bytes_up": w.bytes_up,
-             "tokens_accepted": coord.nodes[w.node_id].tokens_accepted if w.node_id in coord.nodes else 0}
-            for w in workers
-        ],
-        "manifest_root": corpus.manifest.root_hash,
-        "config": cfg.to_dict(),
-    } | (sec.report(workers, stats["steps_computed"] + stats["steps_wasted"]) if sec else {})
+        "bytes_down_total": down, "bytes_down_per_worker": down / s.workers,
+        "download_bits_per_param_per_task": 8 * down / max(1, rounds) / n_params,
+        "download_bits_per_param_per_version": 8 * down / s.workers / versions / n_params,
+        "params": n_params, "sim_time_s": now, "wall_s": time.perf_counter() - t_start, "curve": curve,
+        "persistence_rows_per_commit": (sum(svc.commit_rows) / len(svc.commit_rows)) if svc.commit_rows else None,
+        "nodes": [{"node_id": w.node_id, "speed": w.speed, "join_at": w.join_at,
+                   "leave_at": None if math.isinf(w.leave_at) else w.leave_at, "tasks_done": w.tasks_done,
+                   "tasks_lost": w.tasks_lost, "bytes_up": w.bytes_up, "bytes_down": w.bytes_down,
+                   "tokens_accepted": core.nodes[w.node_id].tokens_accepted if w.node_id in core.nodes else 0}
+                  for w in workers],
+        "manifest_root": spec.corpus.manifest.root_hash, "config": cfg.to_dict(),
+    }
 
 
-def _train_and_encode(model: GPT, corpus: Corpus, spec: TaskSpec, base: dict, cfg: RunConfig,
-                      w: VirtualWorker) -> bytes:
-    shard = corpus.shard(spec.shard_id, expect_sha256=spec.shard_sha256)
-    hp = TaskHParams(**spec.hparams)
-    result = run_task(model, base, shard.tokens, hp, seed=spec.seed)
-    w.steps_done += hp.steps
-    return w.uploader.encode(result.delta, spec, w.node_id)
+def decode_flat(data: bytes) -> torch.Tensor:
+    upd = decode_update(data)
+    return torch.cat([t.reshape(-1).float() for t in upd.tensors.values()])

@@ -30,8 +30,6 @@ from typing import Any
 
 import torch
 
-from trainnet.aggregate.layout import ParamLayout
-from trainnet.aggregate.publish import ManifestError, Reconstructor, verify_manifest
 from trainnet.codec import ErrorFeedback
 from trainnet.energy import EnergyReading, auto_meter
 from trainnet.model.gpt import GPT, GPTConfig
@@ -51,7 +49,8 @@ from trainnet.worker.client import (
 from trainnet.worker.reveal import RevealStore, reveal_body
 from trainnet.worker.signals import stop_signals
 from trainnet.worker.status import StatusLine, human_bytes
-from trainnet.worker.store import ModelFormatError, WorkerStore, check_params
+from trainnet.worker.store import ModelFormatError, WorkerStore
+from trainnet.worker.versions import VersionFetcher
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NOT_COORDINATOR = 0, 1, 3, 5
 TASK_LOG = "tasks.jsonl"
@@ -327,31 +326,11 @@ class Worker:
     def _ensure_model(self, base: int) -> None:
         """Hold version `base` of the published model: apply the published deltas since the version held
         (q4 of the difference, a few bits per parameter per version), or load the last full checkpoint when
-        that is cheaper; every manifest's signature and every blob's sha256 are checked."""
+        that is cheaper; every manifest's signature and every blob's sha256 are checked (worker/versions.py)."""
         if self.version == base and self.params is not None:
             return
-        layout = ParamLayout.of(self.template)
-        urls: dict[str, str] = {}
-        manifests: dict[int, dict[str, Any]] = {}
-
-        def manifest(v: int) -> dict[str, Any]:
-            if v not in manifests:
-                reply = self.client.version(v)
-                manifests[v] = verify_manifest(reply["manifest"], self.signer)
-                urls.update(reply.get("urls") or {})
-            return manifests[v]
-
-        def blob(key: str) -> bytes:
-            return self.client.get_url(urls[key])
-
-        r = Reconstructor(manifest, blob, layout.numel)
-        have = (self.version, layout.flatten(self.params)) if self.params is not None and self.version is not None \
-            else None
-        try:
-            flat = r.get(base, have if have is not None and have[0] <= base else None)
-        except ManifestError as exc:
-            raise ModelFormatError(f"model version {base}: {exc}") from None
-        self.params = check_params(layout.unflatten(flat), self.template, f"model {base}")
+        have = (self.version, self.params) if self.params is not None and self.version is not None else None
+        self.params = VersionFetcher(self.client, self.template, self.signer).get(base, have)
         self.version = base
         self.store.save_model(self.params, base, self.run_id, self.model_cfg)
 

@@ -14,6 +14,7 @@ out/logs/<name>.log.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -118,8 +119,11 @@ class LocalCluster:
         self.out = Path(out)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The operator's token (per-node detail, the dashboard): chosen here so the cluster can read them.
+        self.operator_token = secrets.token_urlsafe(18)
         self.coordinator = Child("coordinator", ["coordinator", "--run", str(run_toml), "--state",
                                                  str(self.out / "coordinator"), "--port", str(self.port),
+                                                 "--operator-token", self.operator_token,
                                                  *(coordinator_args or [])], self.out / "logs" / "coordinator.log")
         self.workers = [
             Child(f"worker{i}", ["worker", "--coordinator", self.url, "--state", str(self.worker_dir(i)),
@@ -162,6 +166,19 @@ class LocalCluster:
 
     def status(self) -> dict[str, Any]:
         r = self._http.get(self.url + "/v1/status")
+        r.raise_for_status()
+        return r.json()
+
+    def operator_status(self) -> dict[str, Any]:
+        """The operator's view: public status plus the node table, tokens and persistence figures."""
+        r = self._http.get(self.url + "/v1/operator/status",
+                           headers={"Authorization": f"Bearer {self.operator_token}"})
+        r.raise_for_status()
+        return r.json()
+
+    def dashboard(self) -> dict[str, Any]:
+        r = self._http.get(self.url + "/v1/dashboard", headers={"Authorization": f"Bearer {self.operator_token}"},
+                           timeout=30.0)
         r.raise_for_status()
         return r.json()
 

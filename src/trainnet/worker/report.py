@@ -87,34 +87,41 @@ def _mean(xs: list[Any]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _save_final_model(cluster: Any, out: Path, info: dict[str, Any]) -> tuple[Path, int | None]:
-    from safetensors.torch import load as st_load
+def _save_final_model(cluster: Any, out: Path, info: dict[str, Any], version: int) -> Path:
+    """The final published version, downloaded as a worker would (signed manifest, hashed blobs)."""
+    import dataclasses
 
-    from trainnet.model.gpt import GPTConfig
+    from trainnet.model.gpt import GPT, GPTConfig
+    from trainnet.train.local import params_of
+    from trainnet.worker.client import CoordinatorClient
     from trainnet.worker.store import model_bytes
+    from trainnet.worker.versions import VersionFetcher
 
-    r = cluster.get("/v1/model/latest")
-    r.raise_for_status()
-    version = r.headers.get("x-trainnet-version")
-    v = int(version) if version and version.isdigit() else None
-    params = st_load(r.content)
-    cfg = GPTConfig(**info["model"])
+    names = {f.name for f in dataclasses.fields(GPTConfig)}
+    cfg = GPTConfig(**{k: v for k, v in info["model"].items() if k in names})
+    template = params_of(GPT(cfg))
+    client = CoordinatorClient(cluster.url)
+    try:
+        params = VersionFetcher(client, template, info.get("signer")).get(version)
+    finally:
+        client.close()
     path = out / "final_model.safetensors"
-    path.write_bytes(model_bytes(params, v or 0, str(info.get("run_id", "")), cfg))
-    return path, v
+    path.write_bytes(model_bytes(params, version, str(info.get("run_id", "")), cfg))
+    return path
 
 
-def _heldout_loss(run_toml: Path, ckpt: Path) -> float:
-    from trainnet.config import load_config
-    from trainnet.data.corpus import load_run_corpus
-    from trainnet.model.sample import load_checkpoint
-    from trainnet.train.local import evaluate, params_of
+def _final_val_loss(cluster: Any, version: int, wait_s: float = 60.0) -> float | None:
+    """The coordinator's held-out loss of the final version (its evaluator: the run's one held-out set)."""
+    import time
 
-    cfg = load_config(run_toml)
-    corpus = load_run_corpus(cfg)
-    model, mcfg = load_checkpoint(ckpt)
-    val = [corpus.shard(i).tokens for i in corpus.manifest.ids("val")]
-    return evaluate(model, params_of(model), val, batches=8, batch_size=16, seq_len=mcfg.block_size)
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        curve = cluster.dashboard().get("val_curve") or []
+        hit = [p for p in curve if p["version"] == version]
+        if hit:
+            return float(hit[-1]["val_loss"])
+        time.sleep(0.5)
+    return None
 
 
 def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: float, echo: Any,
@@ -138,7 +145,7 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
          + (f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})" if reasons else "")
          + f", leases expired {status.get('leases_expired', '?')}, outer steps {status.get('outer_steps', '?')}, "
            f"nodes {status.get('nodes')}")
-    for n in status.get("node_table") or []:
+    for n in cluster.operator_status().get("node_table") or []:
         rr = n.get("reject_reasons") or {}
         echo(f"   node {n.get('node_id')}: {n.get('tokens', 0):,} tokens, accepted {n.get('accepted')}, "
              f"rejected {n.get('rejected')}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(rr.items()))})"
@@ -150,17 +157,20 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
         outcomes[key] = outcomes.get(key, 0) + 1
     echo(f"-- workers saw: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items())) or 'nothing'}")
     echo(defence_line(status))
+    v = int(status.get("model_version", 0))
     try:
-        ckpt, v = _save_final_model(cluster, out, info)
+        ckpt = _save_final_model(cluster, out, info, v)
     except Exception as exc:  # the summary is still useful without the model
         echo(f"-- could not fetch the final model: {exc}")
         return
     echo(f"-- final model v{v}: {ckpt} (coordinator state: {out / 'coordinator'})")
-    try:
-        echo(f"-- held-out loss of the final model: {_heldout_loss(out / 'run.toml', ckpt):.3f} nats/byte "
-             f"(8x16 validation windows; a uniform guess scores ln 256 = {math.log(256):.3f})")
-    except Exception as exc:
-        echo(f"-- held-out evaluation failed: {exc}")
+    loss = _final_val_loss(cluster, v)
+    if loss is None:
+        echo("-- held-out loss of the final model: not evaluated yet (see the dashboard)")
+    else:
+        echo(f"-- held-out loss of the final model: {loss:.3f} nats/byte, the coordinator's evaluation on the "
+             f"run's held-out windows (the dashboard and report show the same figure; a uniform guess scores "
+             f"ln 256 = {math.log(256):.3f})")
     echo(f"-- sampled from the final model (prompt 'def ', {sample_tokens} bytes, temperature 0.8):")
     for line in sample_lines(ckpt, prompt="def ", tokens=sample_tokens, max_lines=8):
         echo(f"   | {line}")

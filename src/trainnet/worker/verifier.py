@@ -44,6 +44,7 @@ from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Sto
 from trainnet.worker.node import resolve_device
 from trainnet.worker.signals import stop_signals
 from trainnet.worker.store import ModelFormatError, check_params
+from trainnet.worker.versions import VersionFetcher
 
 log = logging.getLogger("trainnet.verifier")
 
@@ -181,7 +182,8 @@ class VerifierNode:
         """Read the run (GET /v1/info) and register this node's key."""
         self.info = self.client.info()
         torch.manual_seed(0)  # the init is overwritten by each audit's base parameters
-        model = GPT(GPTConfig(**self.info["model"]))
+        model = GPT(GPTConfig(**{k: v for k, v in self.info["model"].items()
+                                 if k in {f.name for f in dataclasses.fields(GPTConfig)}}))
         self.template = {k: v.detach().clone() for k, v in params_of(model).items()}
         self._model = model
         try:
@@ -254,12 +256,9 @@ class VerifierNode:
 
     def _base(self, version: int) -> ParamDict:
         if version not in self._bases:
-            data, _ = self.client.model(version)
-            try:
-                params = st_load(data)
-            except Exception as exc:  # safetensors raises its own error types on malformed input
-                raise ModelFormatError(f"model {version}: not valid safetensors ({exc})") from None
-            self._bases[version] = check_params(params, self.template, f"model {version}")
+            have = max(((v, p) for v, p in self._bases.items() if v <= version), default=None, key=lambda x: x[0])
+            self._bases[version] = VersionFetcher(self.client, self.template, self.info.get("signer")).get(
+                version, have)
             while len(self._bases) > BASE_CACHE:
                 self._bases.pop(min(self._bases))
         return self._bases[version]
