@@ -1,10 +1,10 @@
-"""Make tests/coordinator/helpers.py (tiny run config, coordinator subprocess, signed client) importable."""
+"""Make tests/servers (coordinator subprocess, signed HTTP node) and dash_helpers importable."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "coordinator"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
-from helpers import HONEST_FP32_COMMITMENTS, Client, ServerProc, free_port, make_run
 
-from trainnet.protocol.wire import encode_update
-from trainnet.train.local import TaskHParams, run_task
+from servers.coordinator import CoordinatorProc, HttpNode, free_port, make_run
 
 ENERGY = {"energy_j": 12.5, "energy_measured": False,
           "energy_source": "estimate: test client, 12.5 J per task (assumption)", "task_s": 0.05}
 
 
-def train_bytes(c: Client, task: dict[str, Any], energy: dict[str, Any] | None = ENERGY) -> bytes:
+def train_bytes(c: HttpNode, task: dict[str, Any], energy: dict[str, Any] | None = ENERGY) -> bytes:
     """Run the task like a worker and encode the update with an energy report in `extra`."""
-    base = c.base_params(task["base_version"])
-    shard = c.http.get(f"/v1/shard/{task['shard_id']}").content
-    assert hashlib.sha256(shard).hexdigest() == task["shard_sha256"]
-    tokens = torch.frombuffer(bytearray(shard), dtype=torch.uint8)
-    res = run_task(c.model, base, tokens, TaskHParams(**task["hparams"]), seed=task["seed"])
-    extra = {"tokens": res.tokens, "steps": res.steps, "loss": res.loss_mean, **(energy or {}),
-             **HONEST_FP32_COMMITMENTS}
-    return encode_update(res.delta, codec=c.info["codec"], run_id=c.info["run_id"], node_id=c.node_id,
-                         task_id=task["task_id"], base_version=task["base_version"], extra=extra)
+    return c.train(task, extra=energy or {})
 
 
-def one_task(c: Client, energy: dict[str, Any] | None = ENERGY) -> httpx.Response | None:
+def one_task(c: HttpNode, energy: dict[str, Any] | None = ENERGY) -> httpx.Response | None:
     """Lease, train and upload one task; None when no task is handed out (run done or budget reached)."""
     task = c.lease().get("task")
     if not task:
@@ -48,17 +37,15 @@ class LiveRun:
         self.run_toml = make_run(tmp, tokens=tokens)
         self.state = tmp / "state"
         # rate limiting has its own tests; here one client uploads many times a second on purpose
-        self.server = ServerProc(self.run_toml, self.state, free_port(), extra=["--rate", "0"])
+        self.server = CoordinatorProc(self.run_toml, self.state, free_port(), extra=["--rate", "0", "--ip-rate", "0"])
         self.server.wait_ready()
         self.url = self.server.url
-        self.clients = [Client(self.url, tmp / f"key{i}") for i in range(2)]
+        self.clients = [HttpNode(self.url, tmp / f"key{i}") for i in range(2)]
         for c in self.clients:
             assert c.register().status_code == 200
 
     def dashboard(self) -> dict[str, Any]:
-        r = httpx.get(self.url + "/v1/dashboard", timeout=10)
-        assert r.status_code == 200, r.text
-        return r.json()
+        return self.server.operator_get("/v1/dashboard")
 
     def step(self, n: int = 2) -> None:
         """n uploads, alternating clients (quorum 2: every two accepted uploads make a version)."""
@@ -66,14 +53,16 @@ class LiveRun:
             r = one_task(self.clients[i % 2])
             assert r is None or r.status_code == 200, r.text
 
-    def finish(self, timeout: float = 30.0) -> dict[str, Any]:
+    def finish(self, timeout: float = 60.0) -> dict[str, Any]:
         end = time.time() + timeout
         while time.time() < end:
-            if self.dashboard()["done"]:
+            view = self.dashboard()
+            if view["done"]:
                 break
             for c in self.clients:
                 r = one_task(c)
-                assert r is None or r.status_code == 200, r.text
+                assert r is None or r.status_code in (200, 409), r.text
+            time.sleep(0.2)
         view = self.dashboard()
         assert view["done"], "run did not finish"
         return view

@@ -47,7 +47,7 @@ def test_dashboard_shows_live_values(live, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-            page.goto(live.url + "/?interval=500")
+            page.goto(live.url + f"/?interval=500&token={live.server.token}")
             _wait(lambda: _version(page) >= 0, "a model version on the page")
             before = _version(page)
             assert before >= 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from trainnet.dashboard.data import RunDB, run_view
+from trainnet.dashboard.data import run_view
+from trainnet.store.state import Changes
+from trainnet.store.state_memory import MemoryStateStore
 from trainnet.dashboard.static_files import STATIC_DIR
 
 T0, END, LEASE_S = 1000.0, 2000.0, 60.0
@@ -30,47 +31,31 @@ def _node(node_id: str, last_seen: float, **extra: Any) -> dict[str, Any]:
 NODES = [_node("stayed", END - 10), _node("left", 1200.0), _node("banned", END - 5, banned=True, ban_reason="x")]
 
 
-def _state_dir(tmp: Path, done: bool) -> Path:
-    """The tables RunDB reads, as a coordinator leaves them: three nodes, one upload each, and (when done)
-    the run_done event."""
-    db = sqlite3.connect(tmp / "coordinator.db")
-    db.executescript("""
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE counters (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE nodes (node_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, record TEXT NOT NULL);
-        CREATE TABLE updates (seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT, node_id TEXT, tokens INTEGER,
-            nbytes INTEGER, staleness INTEGER, arrived REAL, merged_into INTEGER, loss REAL);
-        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
-            data TEXT NOT NULL);
-    """)
+def _store(done: bool, done_at: float | None = END) -> MemoryStateStore:
+    """A state store as a coordinator leaves it: three nodes, one version per node's upload, and (when done)
+    the end time of the run."""
+    store = MemoryStateStore()
+    fence = store.acquire_writer("test")
     fp = {"coordinator": {"run_id": "r1", "lease_s": LEASE_S, "max_staleness": 8, "tokens_target": 300}}
-    db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (json.dumps(fp),))
-    for k, v in {"done": done, "tokens_accepted": 300, "version": 3}.items():
-        db.execute("INSERT INTO counters VALUES (?, ?)", (k, json.dumps(v)))
-    for n in NODES:
-        db.execute("INSERT INTO nodes VALUES (?, '', ?)", (n["node_id"], json.dumps(n)))
-        db.execute("INSERT INTO updates (task_id, node_id, tokens, nbytes, staleness, arrived, merged_into, loss) "
-                   "VALUES (?, ?, 100, 10, 0, ?, 1, 2.0)", ("t-" + n["node_id"], n["node_id"], n["last_seen"]))
-    if done:
-        db.execute("INSERT INTO events (time, kind, data) VALUES (?, 'run_done', '{}')", (END,))
-    db.commit()
-    db.close()
-    return tmp
+    store.set_meta("fingerprint", fp)
+    meta = {"done": done, "done_at": done_at if done else None, "tokens_accepted": 300, "version": 3}
+    versions = {f"v{i + 1:08d}": {"version": i + 1, "created": n["last_seen"], "tokens": 100 * (i + 1)}
+                for i, n in enumerate(sorted(NODES, key=lambda n: n["last_seen"]))}
+    store.commit(Changes(meta=meta, docs={"nodes": {n["node_id"]: n for n in NODES}}, logs={"versions": versions}),
+                 fence)
+    return store
 
 
 def _live(done: bool) -> dict[str, Any]:
     """What live_snapshot(svc) returns for the same run (the coordinator is still serving)."""
     status = {"run_id": "r1", "model_version": 3, "tokens": 300, "tokens_target": 300, "done": done}
-    return {"status": status, "nodes": NODES, "leases": [], "traffic": {}, "started_at": T0}
+    return {"status": status, "nodes": NODES, "leases": [], "traffic": {}, "started_at": T0,
+            "done_at": END if done else None}
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["offline", "live"])
 def test_finished_run_reads_finished(tmp_path: Path, live: bool) -> None:
-    db = RunDB(_state_dir(tmp_path, done=True))
-    try:
-        v = run_view(db, AFTER, _live(True) if live else None)
-    finally:
-        db.close()
+    v = run_view(_store(done=True), AFTER, _live(True) if live else None)
     assert (v["done"], v["run_state"], v["ended_at"], v["ended_ago_s"]) == (True, "finished", END, 23 * 60)
     rows = {r["node_id"]: r for r in v["contributors"]}
     assert {k: r["state"] for k, r in rows.items()} == {"stayed": "finished", "left": "gone", "banned": "gone"}
@@ -85,11 +70,7 @@ def test_finished_run_reads_finished(tmp_path: Path, live: bool) -> None:
 
 
 def test_running_run_keeps_live_states(tmp_path: Path) -> None:
-    db = RunDB(_state_dir(tmp_path, done=False))
-    try:
-        v = run_view(db, END)
-    finally:
-        db.close()
+    v = run_view(_store(done=False), END)
     assert (v["run_state"], v["ended_at"], v["ended_ago_s"]) == ("running", None, None)
     rows = {r["node_id"]: r for r in v["contributors"]}
     assert {k: r["state"] for k, r in rows.items()} == {"stayed": "active", "left": "dropped", "banned": "dropped"}
@@ -97,16 +78,9 @@ def test_running_run_keeps_live_states(tmp_path: Path) -> None:
     assert (v["nodes"]["finished"], v["nodes"]["gone"], v["nodes"]["active"]) == (0, 0, 1)
 
 
-def test_finished_run_without_a_run_done_event_ends_at_its_last_upload(tmp_path: Path) -> None:
-    _state_dir(tmp_path, done=True)
-    with sqlite3.connect(tmp_path / "coordinator.db") as db:
-        db.execute("DROP TABLE events")  # an older state dir
-    db = RunDB(tmp_path)
-    try:
-        v = run_view(db, AFTER)
-    finally:
-        db.close()
-    assert v["run_state"] == "finished" and v["ended_at"] == END - 5  # the banned node's upload was the last
+def test_finished_run_without_an_end_time_ends_at_its_last_version(tmp_path: Path) -> None:
+    v = run_view(_store(done=True, done_at=None), AFTER)
+    assert v["run_state"] == "finished" and v["ended_at"] == END - 5  # the last version came from that upload
 
 
 def test_page_shows_a_finished_run_as_finished(tmp_path: Path) -> None:
@@ -114,11 +88,7 @@ def test_page_shows_a_finished_run_as_finished(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
     from test_browser import _browser, _wait
 
-    db = RunDB(_state_dir(tmp_path, done=True))
-    try:
-        view = run_view(db, AFTER)
-    finally:
-        db.close()
+    view = run_view(_store(done=True), AFTER)
     site = tmp_path / "site"
     (site / "static").mkdir(parents=True)
     (site / "v1").mkdir()

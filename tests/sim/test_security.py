@@ -10,11 +10,12 @@ import torch
 from click.testing import CliRunner
 
 from trainnet.cli import main
-from trainnet.coordinator.core import Coordinator
+from trainnet.core import Coordinator
 from trainnet.model.gpt import GPT
 from trainnet.protocol.messages import LeaseRequest, Register
+from trainnet.server.runspec import coordinator_config
 from trainnet.sim.adversary import Adversary, choose_malicious, parse_spec
-from trainnet.sim.simulator import coordinator_config, simulate
+from trainnet.sim.simulator import simulate
 from trainnet.train.local import params_of
 
 
@@ -75,7 +76,8 @@ def test_backdoor_run_reports_asr(small_corpus, make_tiny_config):
 
 def test_non_iid_gives_each_node_its_own_block_of_shards(small_corpus, make_tiny_config):
     cfg = make_tiny_config(**{"sim.iid": "false"})
-    coord = Coordinator(coordinator_config(cfg), small_corpus.manifest, params_of(GPT(cfg.model)))
+    coord = Coordinator.fresh(coordinator_config(cfg), small_corpus.manifest, 1000, now=0.0)
+    coord.merge_applied(next(iter(coord.jobs)), "versions/v00000000.json", 0.0)  # version 0 is published
     assert coord.cfg.shard_groups == cfg.sim.workers
     seen: dict[str, set[int]] = {}
     for n in range(cfg.sim.workers):
@@ -84,7 +86,7 @@ def test_non_iid_gives_each_node_its_own_block_of_shards(small_corpus, make_tiny
         for n in range(cfg.sim.workers):
             spec = coord.lease(LeaseRequest(f"w{n}"), 0.0)
             seen.setdefault(f"w{n}", set()).add(spec.shard_id)
-            coord.leases.clear()  # hand the lease back without submitting
+            coord._drop_lease(spec.task_id)  # hand the lease back without submitting (nothing requeued)
     blocks = list(seen.values())
     assert all(a.isdisjoint(b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
     ids = small_corpus.manifest.ids("train")

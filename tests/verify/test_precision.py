@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from trainnet.coordinator.limits import ServerLimits
-from trainnet.coordinator.service import CoordinatorService
 from trainnet.model.gpt import GPT, GPTConfig
 from trainnet.protocol.messages import TaskSpec
-from trainnet.sim.simulator import coordinator_config, task_precision
+from trainnet.server.limits import ServerLimits
+from trainnet.server.runspec import coordinator_config, task_precision
+from trainnet.server.runtime import Runtime
 from trainnet.train.local import TaskHParams, params_of, run_task, use_bf16
 from trainnet.verify import Unverifiable, Verifier
 
@@ -62,4 +62,4 @@ def test_server_refuses_a_bf16_verified_run_without_a_gpu_verifier(make_tiny_con
     cfg.consensus.verify_rate = 0.1
     cfg.inner.precision = "bf16"
     with pytest.raises(ValueError, match="needs a GPU verifier"):
-        CoordinatorService(cfg, tmp_path / "state", dataclasses.replace(ServerLimits(), verify_device="cpu"))
+        Runtime.open(cfg, "memory:", "memory:", dataclasses.replace(ServerLimits(), verify_device="cpu"), sync=True)

@@ -13,9 +13,7 @@ from trainnet.protocol.messages import TaskSpec
 from trainnet.protocol.wire import decode_update
 from trainnet.train.local import TaskHParams, params_of, run_task
 from trainnet.verify import (
-    CHAIN_BREAK,
     EMPTY_DIGEST,
-    CommitmentChain,
     CommittingUploader,
     Tolerance,
     Verifier,
@@ -97,15 +95,6 @@ def test_lying_about_the_residual_fails_the_commitment(setup):
     forged = {k: t + 1.0 for k, t in r_out.items()}
     ok, d = v.check(spec, base, tokens, claimed, r_in, forged, extra | {"ef_out": residual_digest(forged)})
     assert not ok and d["reason"] == "residual_mismatch"
-
-
-def test_commitment_chain_detects_a_residual_swapped_between_tasks():
-    chain = CommitmentChain()
-    assert chain.observe("a", {"ef_in": EMPTY_DIGEST, "ef_out": "x1"}) == ""
-    assert chain.observe("a", {"ef_in": "x1", "ef_out": "x2"}) == ""
-    assert chain.observe("b", {"ef_in": EMPTY_DIGEST, "ef_out": "y"}) == ""  # chains are per node
-    assert chain.observe("a", {"ef_in": "forged", "ef_out": "x3"}) == CHAIN_BREAK
-    assert chain.observe("a", {}) == CHAIN_BREAK
 
 
 def test_residual_digest_and_compare():

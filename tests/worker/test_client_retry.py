@@ -4,6 +4,7 @@ worker says when its URL is not a TrainNet coordinator."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import threading
 import time
@@ -55,8 +56,12 @@ def test_retries_5xx_and_429_with_retry_after_then_signs_each_attempt(tmp_path: 
     assert reply["reason"] == "budget_reached" and len(seen) == 3
     assert seen[2]["t"] - seen[1]["t"] >= 0.3  # Retry-After honoured over the (shorter) own backoff
     pub = auth.public_key_hex(key)
-    for req in seen:  # every attempt carries a valid signature of its own
-        assert auth.verify_request(pub, req["headers"], "POST", "/v1/lease", req["body"], time.time()) is None
+    counters = []
+    for req in seen:  # every attempt carries a valid signature of its own, with a fresh counter
+        err, signed = auth.verify_request(pub, req["headers"], client.run_id, "POST", "/v1/lease", time.time())
+        assert err is None and signed.body_sha256 == hashlib.sha256(req["body"]).hexdigest()
+        counters.append(signed.counter)
+    assert counters == sorted(set(counters))
 
 
 def test_4xx_is_not_retried_and_carries_the_code(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ coordinator's lease reply asks for it."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from trainnet.store.state import open_state_store
 from trainnet.verify import EMPTY_DIGEST
 from trainnet.worker.client import Unreachable
 from trainnet.worker.node import Worker, WorkerOptions
@@ -21,11 +21,13 @@ pytestmark = pytest.mark.timeout(150)
 
 
 def audit_rows(state: Path) -> list[tuple]:
-    db = sqlite3.connect(state / "coordinator.db")
+    """(task_id, node_id, status, ef_in, ef_out, steps) of every decided audit, from the state store's log."""
+    store = open_state_store(f"sqlite:///{(state / 'coordinator.db').resolve()}")
     try:
-        return db.execute("SELECT task_id, node_id, status, ef_in, ef_out, steps FROM audits").fetchall()
+        return [(a["task_id"], a["node_id"], a["status"], a["ef_in"], a["ef_out"], a["steps"])
+                for a in store.log_list("audits", limit=100_000)]
     finally:
-        db.close()
+        store.close()
 
 
 def test_honest_workers_reveal_and_pass_every_audit(cluster_factory, wt, tmp_path: Path) -> None:
@@ -38,10 +40,11 @@ def test_honest_workers_reveal_and_pass_every_audit(cluster_factory, wt, tmp_pat
     st = wt.wait_for(lambda: (s := cl.status())["audits_pending"] == 0 and s, 30, "the verifier to finish")
     assert st["done"] and st["updates_accepted"] >= 10, wt.dump_logs(cl)
     # Every accepted update was audited and passed; nobody was banned.
-    assert st["audits_failed"] == 0 and not st["nodes_banned"], (st["node_table"], wt.dump_logs(cl))
+    table = cl.operator_status()["node_table"]
+    assert st["audits_failed"] == 0 and not st["nodes_banned"], (table, wt.dump_logs(cl))
     assert st["audits_passed"] == st["updates_accepted"]
     assert st["verification"]["verify_steps"] == 5 * st["audits_passed"]
-    for row in st["node_table"]:
+    for row in table:
         if row["accepted"]:
             assert row["audits_passed"] == row["accepted"] and 0 < row["score"] <= 1 and not row["banned"]
     audits = audit_rows(tmp_path / "coordinator")
@@ -52,7 +55,8 @@ def test_honest_workers_reveal_and_pass_every_audit(cluster_factory, wt, tmp_pat
     rows = read_task_logs(tmp_path / "workers")
     revealed = [r for r in rows if "residuals revealed" in r["outcome"]]
     assert len(revealed) == sum(1 for a in audits if a[3] != EMPTY_DIGEST or a[4] != EMPTY_DIGEST), rows
-    assert not list((tmp_path / "coordinator" / "audits").iterdir())  # passed: residual files deleted
+    # passed: the pruner deletes the residual blobs (nothing is evidence of anything)
+    wt.wait_for(lambda: not list((tmp_path / "coordinator" / "blobs" / "audits").glob("*")), 10, "residuals pruned")
 
 
 def test_unknown_upload_outcome_resets_residual_and_reveals_on_request(cluster_factory, wt, tmp_path: Path) -> None:
@@ -62,8 +66,8 @@ def test_unknown_upload_outcome_resets_residual_and_reveals_on_request(cluster_f
     w = Worker(WorkerOptions(cl.url, tmp_path / "w", device="cpu", threads=1, max_tasks=2, retry_budget_s=10))
     real_upload, calls = w.client.upload, []
 
-    def upload(body: bytes, sig: str) -> dict:
-        reply = real_upload(body, sig)
+    def upload(task: dict, up: dict, body: bytes, sig: str, meta: dict) -> dict:
+        reply = real_upload(task, up, body, sig, meta)
         calls.append(reply)
         if len(calls) == 1:  # delivered and accepted, but the worker never hears back
             raise Unreachable("reply lost (test)")

@@ -24,8 +24,10 @@ log = logging.getLogger("trainnet.aggregate")
 
 
 class Aggregator:
-    def __init__(self, state: StateStore, env: ShardEnv, owner: str, lease_s: float = 300.0) -> None:
+    def __init__(self, state: StateStore, env: ShardEnv, owner: str, lease_s: float = 300.0,
+                 run: Any = None) -> None:
         self.state, self.env, self.owner, self.lease_s = state, env, owner, lease_s
+        self.run_task = run or (lambda spec: run_merge_task(spec, env))  # or a data-plane process pool
         self.tasks_done = 0
         self.seconds = 0.0
         self.last_error: str | None = None
@@ -36,7 +38,7 @@ class Aggregator:
             return False
         t0 = time.perf_counter()
         try:
-            result = run_merge_task(task["spec"], self.env)
+            result = self.run_task(task["spec"])
         except Exception as exc:  # logged; the claim lapses and the task is retried (here or elsewhere)
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("merge task %s shard %s %s failed (attempt %s): %s\n%s", task["job_id"], task["shard"],

@@ -11,7 +11,6 @@ aggregate/publish.py), the shard by hash, the update as stored and the revealed 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -22,15 +21,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from trainnet.aggregate import keys
-from trainnet.aggregate.publish import Reconstructor
 from trainnet.protocol.ids import is_id
-from trainnet.protocol.messages import TaskSpec
-from trainnet.protocol.wire import WireFormatError, WireLimits, decode_update
+from trainnet.protocol.wire import WireFormatError
 from trainnet.server.auth import Caller
 from trainnet.server.limits import ApiError
+from trainnet.server.recompute import Recomputer, load_material
 from trainnet.server.service import Service
-from trainnet.verify import Tolerance, Unverifiable, Verifier, residual_digest
+from trainnet.verify import Unverifiable, residual_digest
 
 log = logging.getLogger("trainnet.coordinator")
 BUILTIN = "coordinator"  # the claimant id of the built-in verifier (never a node id: those start with "n")
@@ -90,11 +87,6 @@ def parse_residuals(body: bytes, template: ParamDict, ef_in: str, ef_out: str) -
     return parts["r_in"], parts["r_out"]
 
 
-def split_residuals(tensors: ParamDict) -> tuple[ParamDict, ParamDict]:
-    return ({k[5:]: v for k, v in tensors.items() if k.startswith("r_in/")},
-            {k[6:]: v for k, v in tensors.items() if k.startswith("r_out/")})
-
-
 ERROR_STATUS = {"banned": 403, "unknown_audit": 404, "task_not_held": 409, "reveal_not_needed": 409,
                 "already_revealed": 409, "reveal_too_late": 409, "not_claimed": 409, "claim_expired": 409}
 
@@ -109,10 +101,14 @@ class AuditApi:
             raise ValueError("verifiers = 'nodes' needs at least one verifier key (--verifier-keys FILE)")
         if svc.limits.verifiers == "coordinator" and self.keys:
             raise ValueError("verifier keys are only used with verifiers = 'nodes'")
+        if svc.ccfg.verify_rate > 0 and svc.ccfg.precision == "bf16" and svc.limits.verifiers == "coordinator" \
+                and not svc.limits.verify_device.startswith("cuda"):
+            raise ValueError("inner.precision = 'bf16' with verification needs a GPU verifier (--verify-device cuda)"
+                             " or designated verifier nodes; or use precision 'fp32'/'auto'")
         layout = svc.spec.layout
         self.reveal_cap = 8 * layout.numel + 256 * len(layout.names) + 4096  # r_in + r_out in float32 + header
-        self._verifier: Verifier | None = None
-        self._base: tuple[int, torch.Tensor] | None = None  # the last reconstructed base version (reused)
+        self._recomputer: Recomputer | None = None
+        self.pool: Any = None  # a DataPlanePool (server/pool.py) when the runtime has one
         self.steps_here = 0
 
     # ------------------------------------------------------------------ reveals
@@ -202,46 +198,21 @@ class AuditApi:
 
     # ------------------------------------------------------------------ the built-in verifier
     def _material(self, a: Any) -> tuple[ParamDict, ParamDict, ParamDict]:
-        svc = self.svc
-        data = svc.blobs.get(a.blob)
-        limits = WireLimits(max_total_bytes=len(data) + 1, max_total_elements=max(1, svc.spec.layout.numel),
-                            max_elements_per_tensor=max(1, svc.spec.layout.numel))
         try:
-            claimed = decode_update(data, limits=limits).tensors
+            return load_material(self.svc.spec, self.svc.blobs, a)
         except WireFormatError as exc:
             raise ApiError(409, "unknown_audit", f"the stored update is unreadable: {exc}") from None
-        r_in, r_out = ({}, {}) if a.residual_blob is None else split_residuals(st_load(svc.blobs.get(a.residual_blob)))
-        return claimed, r_in, r_out
-
-    def verifier(self) -> Verifier:
-        if self._verifier is None:
-            from trainnet.server.runspec import build_model
-
-            c = self.svc.spec.cfg.consensus
-            self._verifier = Verifier(build_model(self.svc.spec.cfg, seed=0), self.svc.ccfg.codec,
-                                      Tolerance(c.verify_rel_error, c.verify_min_cosine),
-                                      device=self.svc.limits.verify_device)
-        return self._verifier
-
-    def base_params(self, version: int) -> ParamDict:
-        """θ̃ of a published version, rebuilt from the manifests (the last one is kept for the next audit)."""
-        svc = self.svc
-        r = Reconstructor(lambda v: json.loads(svc.blobs.get(keys.manifest(v))), svc.blobs.get, svc.spec.layout.numel)
-        flat = r.get(version, self._base if self._base is not None and self._base[0] <= version else None)
-        self._base = (version, flat)
-        return svc.spec.layout.unflatten(flat)
 
     def recompute(self, a: Any) -> tuple[bool, dict[str, Any], int]:
-        """(passed, detail, steps) of an audit recomputed here; raises Unverifiable when it cannot be judged."""
-        v = self.verifier()
-        steps0 = v.steps_recomputed
-        spec: TaskSpec = a.spec
-        base = self.base_params(spec.base_version)
-        shard = self.svc.spec.corpus.shard(spec.shard_id, expect_sha256=spec.shard_sha256).tokens
-        claimed, r_in, r_out = self._material(a)
-        passed, detail = v.check(spec, base, shard, claimed, r_in, r_out, {"ef_in": a.ef_in, "ef_out": a.ef_out})
-        detail = {k: (x if not isinstance(x, float) or math.isfinite(x) else str(x)) for k, x in detail.items()}
-        return passed, detail, v.steps_recomputed - steps0
+        """In the data-plane pool when there is one; inline otherwise (the simulator)."""
+        c = self.svc.spec.cfg.consensus
+        tol = (c.verify_rel_error, c.verify_min_cosine)
+        if self.pool is not None:
+            return self.pool.recompute(a.to_doc(), self.svc.ccfg.codec, tol, self.svc.limits.verify_device)
+        if self._recomputer is None:
+            self._recomputer = Recomputer(self.svc.spec, self.svc.blobs, self.svc.ccfg.codec, tol,
+                                          self.svc.limits.verify_device)
+        return self._recomputer.recompute(a)
 
     def verify_once(self, now: float) -> bool:
         """Claim one ready audit as the coordinator, recompute it off the lock, report the verdict."""

@@ -95,10 +95,6 @@ def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, p
     if shards is not None:
         extra.append(f"aggregate.shards={shards}")
     cfg = _config(run_path, overrides, extra)
-    if cfg.consensus.verify_rate > 0 and cfg.inner.precision == "bf16" and verifiers == "coordinator" \
-            and not verify_device.startswith("cuda"):
-        raise click.ClickException("inner.precision = 'bf16' with verification needs a GPU verifier "
-                                   "(--verify-device cuda) or designated verifier nodes; or use precision fp32/auto")
     limits = ServerLimits(rate_per_s=rate, burst=burst, keep_versions=keep_versions, verify_device=verify_device,
                           verifiers=verifiers, verifier_keys=read_keys(Path(verifier_keys)) if verifier_keys else (),
                           operator_token=operator_token, join_token=join_token,

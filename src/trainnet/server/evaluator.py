@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import torch
 
@@ -26,9 +27,11 @@ log = logging.getLogger("trainnet.evaluator")
 
 
 class Evaluator:
-    def __init__(self, spec: RunSpec, state: StateStore, blobs: BlobStore, interval_s: float = 2.0) -> None:
+    def __init__(self, spec: RunSpec, state: StateStore | None, blobs: BlobStore, interval_s: float = 2.0,
+                 compute: Any = None) -> None:
         self.spec, self.state, self.blobs, self.interval_s = spec, state, blobs, interval_s
-        self.done = {int(p["version"]) for p in state.val_curve()}
+        self.compute = compute or self.loss  # a DataPlanePool's evaluate, when the runtime has one
+        self.done = {int(p["version"]) for p in state.val_curve()} if state is not None else set()
         self._last = float("-inf")
         self._have: tuple[int, torch.Tensor] | None = None
         self._model: torch.nn.Module | None = None
@@ -41,14 +44,20 @@ class Evaluator:
         self._have = (version, flat)
         return self.spec.layout.unflatten(flat)
 
+    def loss(self, version: int) -> float:
+        """The held-out loss of a published version (this process does the tensor work)."""
+        if self._model is None:
+            self._model = build_model(self.spec.cfg, seed=0)  # its init is overwritten by the evaluated weights
+        return float(self.spec.heldout_loss(self.params(version), self._model))
+
     def step(self, now: float, latest: int, tokens: int, done: bool, published: bool = True) -> bool:
         if not published or latest in self.done:
             return False
         if not (latest == 0 or done or now - self._last >= self.interval_s):
             return False
-        if self._model is None:
-            self._model = build_model(self.spec.cfg, seed=0)  # its init is overwritten by the evaluated weights
-        loss = self.spec.heldout_loss(self.params(latest), self._model)
+        loss = self.compute(latest)
+        logged = self.state.log_get("versions", f"v{latest:08d}")  # the tokens that made this version
+        tokens = int(logged["tokens"]) if logged else tokens
         self.state.add_val_point(latest, tokens, float(loss), now)
         self.done.add(latest)
         self._last = now

@@ -106,9 +106,10 @@ class Pruner:
                 for u in updates:
                     if u["task_id"] not in audited:
                         self._delete(u["blob"])
-            elif kind == "audit_passed":
+            elif kind == "audit_passed":  # a passed audit's residuals are no evidence of anything
                 a = svc.state.log_get("audits", data.get("task_id", ""))
-                if a is not None and a.get("merged_into") is not None:
-                    self._delete(a["blob"])
+                if a is not None:
                     if a.get("residual_blob"):
                         self._delete(a["residual_blob"])
+                    if a.get("merged_into") is not None:
+                        self._delete(a["blob"])

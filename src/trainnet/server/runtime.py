@@ -31,6 +31,7 @@ from trainnet.store.blobs import BlobStore, open_blob_store
 from trainnet.store.state import StateStore, open_state_store
 
 log = logging.getLogger("trainnet.coordinator")
+INLINE_MERGE_BELOW = 4_000_000  # parameters: below this an embedded aggregator merges in the coordinator
 
 
 def state_urls(state_dir: str | Path | None, db: str | None, blobs: str | None) -> tuple[str, str]:
@@ -58,21 +59,36 @@ class Runtime:
     aggregators: list[Aggregator] = field(default_factory=list)
     evaluator: Evaluator | None = None
     pruner: Pruner | None = None
+    pool: Any = None  # DataPlanePool: tensor work in its own process(es), off the control plane's interpreter
 
     @classmethod
     def open(cls, cfg: RunConfig, state_url: str, blob_url: str, limits: ServerLimits | None = None,
              aggregators: int = 1, evaluate: bool = True, eval_interval_s: float = 2.0, sync: bool = False,
              state: StateStore | None = None, blobs: BlobStore | None = None, spec: RunSpec | None = None,
-             clock: Any = time.time) -> Runtime:
+             clock: Any = time.time, processes: int = 1) -> Runtime:
+        """`processes`: data-plane worker processes for merges, audit recomputation and evaluation (0 or a
+        sync runtime: in this process, as the simulator does)."""
         spec = spec or RunSpec.load(cfg)
         state = state or open_state_store(state_url)
         blobs = blobs or open_blob_store(blob_url)
         svc = Service(spec, state, blobs, limits, sync=sync, clock=clock)
+        release_dead_claims(svc)
         api = Api(svc)
+        pool = None
+        if processes > 0 and not sync and blob_url != "memory:":
+            from trainnet.server.pool import DataPlanePool
+
+            pool = DataPlanePool(cfg, blob_url, processes)
+            api.audits.pool = pool
         env = shard_env(spec, blobs)
-        aggs = [Aggregator(state, env, f"{svc.owner}:agg{i}", spec.ccfg.merge_lease_s) for i in range(aggregators)]
-        ev = Evaluator(spec, state, blobs, eval_interval_s) if evaluate else None
-        return cls(svc, api, aggs, ev, Pruner(svc))
+        # A small model's merge takes milliseconds: it runs in this process, where it cannot queue behind an
+        # audit recomputation in the pool; a large one's merge is tensor work for the pool.
+        run = pool.merge if pool is not None and spec.layout.numel >= INLINE_MERGE_BELOW else None
+        aggs = [Aggregator(state, env, f"{svc.owner}:agg{i}", spec.ccfg.merge_lease_s, run=run)
+                for i in range(aggregators)]
+        ev = Evaluator(spec, state, blobs, eval_interval_s, compute=pool.evaluate if pool else None) \
+            if evaluate else None
+        return cls(svc, api, aggs, ev, Pruner(svc), pool)
 
     # ------------------------------------------------------------------ duties (each returns True when busy)
     def tick(self) -> bool:
@@ -99,6 +115,12 @@ class Runtime:
             self.pruner.step()
         return False
 
+    def _aggregate(self, agg: Aggregator) -> bool:
+        ran = agg.step(self.svc.clock())
+        if ran:
+            self.svc.kick()  # the merge job may be ready for its next phase
+        return ran
+
     def drain(self, now: float | None = None, max_rounds: int = 1000) -> None:
         """Run merges to completion in this thread (sync mode: the simulator and in-process tests)."""
         for _ in range(max_rounds):
@@ -112,8 +134,7 @@ class Runtime:
         duties = [(lim.tick_s, self.tick, "clock"), (0.05, self.merges, "merges"),
                   (0.25, self.verify, "verifier"), (0.5, self.evaluate, "evaluator"),
                   (lim.tick_s, self.housekeeping, "housekeeping")]
-        duties += [(0.1, lambda a=a: a.step(self.svc.clock()), f"aggregator{i}")
-                   for i, a in enumerate(self.aggregators)]
+        duties += [(0.1, lambda a=a: self._aggregate(a), f"aggregator{i}") for i, a in enumerate(self.aggregators)]
         self.svc.start(duties)
 
     def close(self) -> None:
@@ -123,7 +144,32 @@ class Runtime:
         except Exception:
             log.exception("final evaluation failed")
         self.svc.close()
+        if self.pool is not None:
+            self.pool.close()
 
 
-def owner_name() -> str:
-    return f"{os.uname().nodename}:{os.getpid()}"
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_claims(svc: Service) -> int:
+    """Merge tasks claimed by an aggregator of this host whose process is gone (a coordinator killed with its
+    in-process aggregators, say) go back to the queue now instead of when their claim lapses."""
+    host = svc.owner.split(":", 1)[0]
+    jobs = svc.read(lambda c: list(c.jobs))
+    n = 0
+    for job_id in jobs:
+        for t in svc.state.merge_tasks(job_id):
+            parts = str(t["owner"] or "").split(":")
+            if t["status"] == "claimed" and len(parts) >= 2 and parts[0] == host and parts[1].isdigit() \
+                    and not _alive(int(parts[1])):
+                n += svc.state.release_merge_task(job_id, t["shard"], t["phase"], t["owner"])
+    if n:
+        log.info("released %d merge task(s) claimed by aggregators that are gone", n)
+    return n

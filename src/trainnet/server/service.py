@@ -79,6 +79,8 @@ class Service:
         self._traffic: dict[str, int] = {}
         self._traffic_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Condition()  # duties sleep on it; a step that hands work to them wakes them
+        self._wakes = 0
         self._threads: list[threading.Thread] = []
         self.core = self._load(clock())
 
@@ -146,6 +148,8 @@ class Service:
         with self.lock:
             out = fn(self.core)
             changes = self.core.take_changes()
+            if changes.merge_tasks or changes.logs.get("versions"):
+                self.kick()  # aggregators have work; the next merge or the evaluator may be due
             if changes:
                 if self.sync:
                     self._commit_now([changes])
@@ -318,8 +322,16 @@ class Service:
         t.start()
         self._threads.append(t)
 
+    def kick(self) -> None:
+        """Wake the duties now (new merge tasks, a finished task, a published version) instead of at their
+        next interval: in the embedded topology a merge then takes milliseconds, not poll periods."""
+        with self._wake:
+            self._wakes += 1
+            self._wake.notify_all()
+
     def _every(self, interval: float, fn: Callable[[], Any], name: str) -> None:
         while not self._stop.is_set():
+            seen = self._wakes
             try:
                 busy = fn()
             except Unavailable:
@@ -328,10 +340,13 @@ class Service:
                 log.exception("%s failed", name)
                 busy = False
             if not busy:
-                self._stop.wait(interval)
+                with self._wake:
+                    if self._wakes == seen and not self._stop.is_set():
+                        self._wake.wait(interval)
 
     def close(self) -> None:
         self._stop.set()
+        self.kick()
         with self._commit_cv:
             self._commit_cv.notify_all()
         for t in self._threads:

@@ -158,6 +158,10 @@ class StateStore(abc.ABC):
         """Record a claimed task's result; False (and nothing recorded) if `owner` no longer holds it."""
 
     @abc.abstractmethod
+    def release_merge_task(self, job_id: str, shard: int, phase: str, owner: str) -> bool:
+        """Hand a claimed task back (its claimant is known to be gone); False if `owner` does not hold it."""
+
+    @abc.abstractmethod
     def merge_tasks(self, job_id: str) -> list[Doc]:
         """Every task of a job: {"job_id", "shard", "phase", "spec", "status", "owner", "result"}."""
 

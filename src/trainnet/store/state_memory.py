@@ -155,6 +155,14 @@ class MemoryStateStore(StateStore):
             t.update(status="done", result=json.loads(text))
             return True
 
+    def release_merge_task(self, job_id: str, shard: int, phase: str, owner: str) -> bool:
+        with self._lock:
+            t = self._tasks.get((job_id, int(shard), phase))
+            if t is None or t["status"] != "claimed" or t["owner"] != owner:
+                return False
+            t.update(status="pending", owner=None, until=0.0)
+            return True
+
     def merge_tasks(self, job_id: str) -> list[Doc]:
         with self._lock:
             return [{k: t[k] for k in ("job_id", "shard", "phase", "spec", "status", "owner", "result")}

@@ -427,6 +427,12 @@ class PostgresStateStore(StateStore):
             "WHERE job_id = %s AND shard = %s AND phase = %s AND status = 'claimed' AND owner = %s",
             (text, job_id, int(shard), phase, owner)).rowcount == 1, "finish a merge task")
 
+    def release_merge_task(self, job_id: str, shard: int, phase: str, owner: str) -> bool:
+        return self._write(lambda c: c.execute(
+            "UPDATE merge_tasks SET status = 'pending', owner = NULL "
+            "WHERE job_id = %s AND shard = %s AND phase = %s AND status = 'claimed' AND owner = %s",
+            (job_id, int(shard), phase, owner)).rowcount == 1, "release a merge task")
+
     def merge_tasks(self, job_id: str) -> list[Doc]:
         rows = self._read("SELECT job_id, shard, phase, spec, status, owner, result FROM merge_tasks "
                           "WHERE job_id = %s ORDER BY seq", (job_id,))

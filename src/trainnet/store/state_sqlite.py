@@ -346,6 +346,12 @@ class SqliteStateStore(StateStore):
             "WHERE job_id = ? AND shard = ? AND phase = ? AND status = 'claimed' AND owner = ?",
             (text, job_id, int(shard), phase, owner)).rowcount == 1, "finish a merge task")
 
+    def release_merge_task(self, job_id: str, shard: int, phase: str, owner: str) -> bool:
+        return self._write(lambda c: c.execute(
+            "UPDATE merge_tasks SET status = 'pending', owner = NULL "
+            "WHERE job_id = ? AND shard = ? AND phase = ? AND status = 'claimed' AND owner = ?",
+            (job_id, int(shard), phase, owner)).rowcount == 1, "release a merge task")
+
     def merge_tasks(self, job_id: str) -> list[Doc]:
         rows = self._read("SELECT job_id, shard, phase, spec, status, owner, result FROM merge_tasks "
                           "WHERE job_id = ? ORDER BY seq", (job_id,))

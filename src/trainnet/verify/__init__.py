@@ -7,8 +7,8 @@ See docs/SECURITY.md, "Verification by recomputation" and "Bans and reputation".
 """
 
 from trainnet.verify.commit import EMPTY_DIGEST, CommittingUploader, residual_digest
-from trainnet.verify.policy import CHAIN_BREAK, CommitmentChain, reputation
+from trainnet.verify.policy import reputation
 from trainnet.verify.verifier import Tolerance, Unverifiable, Verifier, compare
 
-__all__ = ["CHAIN_BREAK", "EMPTY_DIGEST", "CommitmentChain", "CommittingUploader", "Tolerance", "Unverifiable", "Verifier",
+__all__ = ["EMPTY_DIGEST", "CommittingUploader", "Tolerance", "Unverifiable", "Verifier",
            "compare", "reputation", "residual_digest"]

@@ -226,7 +226,10 @@ function renderEvents(d) {
 
 async function poll() {
   try {
-    const r = await fetch("/v1/dashboard", { cache: "no-store" });
+    // The operator's token (printed by the coordinator in the dashboard URL) travels as a bearer header.
+    const token = params.get("token");
+    const r = await fetch("/v1/dashboard", { cache: "no-store",
+                                             headers: token ? { Authorization: "Bearer " + token } : {} });
     if (!r.ok) throw new Error("HTTP " + r.status);
     const d = await r.json();
     renderCards(d); renderCharts(d); renderTable(d); renderEvents(d);
