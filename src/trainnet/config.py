@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainnet.model.gpt import GPTConfig
+from trainnet.models.config import ModelConfig
 
 
 @dataclass
@@ -116,7 +116,7 @@ class SimConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
