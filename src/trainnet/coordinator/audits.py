@@ -303,11 +303,11 @@ class AuditRunner:
 
     def verifier(self) -> Verifier:
         if self._verifier is None:
-            from trainnet.model.gpt import GPT
+            from trainnet.models import build_model
 
             c = self.svc.cfg.consensus
             torch.manual_seed(0)  # the init is overwritten by each audit's base parameters
-            self._verifier = Verifier(GPT(self.svc.cfg.model), self.svc.codec,
+            self._verifier = Verifier(build_model(self.svc.cfg.model), self.svc.codec,
                                       Tolerance(c.verify_rel_error, c.verify_min_cosine),
                                       device=self.svc.limits.verify_device)
         return self._verifier

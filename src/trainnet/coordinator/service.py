@@ -59,6 +59,7 @@ from trainnet.coordinator.store import DROPPED, Store
 from trainnet.dashboard.trackers import make_tracker
 from trainnet.data.corpus import load_run_corpus
 from trainnet.model.gpt import GPT
+from trainnet.models import build_model
 from trainnet.protocol.wire import WireLimits, decode_update
 from trainnet.sim.simulator import coordinator_config
 from trainnet.train.local import evaluate, flatten, params_of
@@ -137,7 +138,7 @@ class CoordinatorService:
 
     def _fresh_core(self) -> Coordinator:
         torch.manual_seed(self.ccfg.seed)
-        return Coordinator(self.ccfg, self.corpus.manifest, params_of(GPT(self.cfg.model)))
+        return Coordinator(self.ccfg, self.corpus.manifest, params_of(build_model(self.cfg.model)))
 
     def _load(self) -> None:
         """(Re)build the core from the store; initialise the store on first start."""
@@ -309,7 +310,7 @@ class CoordinatorService:
             params = {k: v.clone() for k, v in self.coord.params().items()}
         if self._eval_model is None:
             torch.manual_seed(0)  # the init is overwritten by the evaluated parameters
-            self._eval_model = GPT(self.cfg.model)
+            self._eval_model = build_model(self.cfg.model)
         s = self.cfg.sim  # the simulator's evaluation settings, so curves are comparable
         val = [self.corpus.shard(i).tokens for i in val_ids]
         loss = evaluate(self._eval_model, params, val, s.eval_batches, s.eval_batch_size, self.cfg.model.block_size)

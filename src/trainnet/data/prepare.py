@@ -144,18 +144,27 @@ def _encode_batch(batch: list[Doc], tok: HFTokenizer, sep: np.ndarray) -> Iterat
             yield sep
 
 
-def _clear_out(out: Path, overwrite: bool) -> None:
+_OURS = {"shards", "tokenizer.json", MANIFEST_FILE + ".tmp"}  # what prepare writes before the manifest
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds anything but a prepared dataset (or the debris of an unfinished one)."""
     if out.exists() and not out.is_dir():
         raise SourceError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST_FILE).is_file():
-            raise SourceError(f"--out {out} is a non-empty folder that holds no prepared dataset; choose another")
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if MANIFEST_FILE in names:
         if not overwrite:
             raise SourceError(f"--out {out} already holds a prepared dataset (pass --overwrite to replace it)")
-        (out / MANIFEST_FILE).unlink()
-        shutil.rmtree(out / "shards", ignore_errors=True)
-        (out / "tokenizer.json").unlink(missing_ok=True)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+        names.discard(MANIFEST_FILE)
+    if names - _OURS:
+        raise SourceError(f"--out {out} is a non-empty folder that holds no prepared dataset; choose another")
+
+
+def _reset_out(out: Path) -> None:
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    (out / "tokenizer.json").unlink(missing_ok=True)
+    (out / "shards").mkdir(parents=True)
 
 
 def prepare(src: Path, out: Path, tokenizer: str = "bytes", field: str = "text", split: str | None = None,
@@ -171,22 +180,28 @@ def prepare(src: Path, out: Path, tokenizer: str = "bytes", field: str = "text",
         raise SourceError(f"data source does not exist: {src}")
     from trainnet.data.progress import prepare_progress
 
+    _check_out(out, overwrite)  # before the long work
     with prepare_progress(source_size(src), quiet) as bar:
         tok = _make_tokenizer(tokenizer, src, field, split, bpe_sample_bytes, bar.phase("training BPE"))
-        _clear_out(out, overwrite)
+        _reset_out(out)
         dtype = dtype_for_vocab(tok.vocab_size)
         shards = _Shards(out / "shards", shard_tokens, dtype, token_byte_lengths(tok))
         step = bar.phase("tokenizing")
-        for ids in _encode_stream(iter_docs(src, field, split, raw=isinstance(tok, BytesTokenizer), progress=step),
-                                  tok):
-            if max_tokens is not None and shards.total + ids.size > max_tokens:
-                shards.add(ids[: max_tokens - shards.total])
-                break
-            shards.add(ids)
-            bar.tokens(shards.total)
-        shards.finish()
-    if not shards.rows:
-        raise SourceError(f"{src}: no text to tokenize (empty dataset)")
+        try:
+            stream = _encode_stream(iter_docs(src, field, split, raw=isinstance(tok, BytesTokenizer), progress=step),
+                                    tok)
+            for ids in stream:
+                if max_tokens is not None and shards.total + ids.size > max_tokens:
+                    shards.add(ids[: max_tokens - shards.total])
+                    break
+                shards.add(ids)
+                bar.tokens(shards.total)
+            shards.finish()
+            if not shards.rows:
+                raise SourceError(f"{src}: no text to tokenize (empty dataset)")
+        except BaseException:
+            shutil.rmtree(out / "shards", ignore_errors=True)  # no half-written dataset is left behind
+            raise
     entries = [TokenShardEntry(id=i, sha256=h, nbytes=nb, split="val" if i % val_every == val_every - 1 else "train",
                                ntokens=nt, text_bytes=tb) for i, (h, nb, nt, tb) in enumerate(shards.rows)]
     if not any(e.split == "val" for e in entries):

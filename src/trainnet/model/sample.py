@@ -3,85 +3,21 @@
     trainnet sample --checkpoint out/coordinator/checkpoint.safetensors --prompt "def " --tokens 200
     model, cfg = load_checkpoint(path); text = sample_text(model, "import ", tokens=120, seed=0)
 
-Checkpoints are safetensors only (never torch.load / pickle). The model's GPTConfig comes from the
-safetensors metadata key "trainnet_model_config" (a JSON object of GPTConfig fields); if that key
-is absent, from a sidecar JSON file next to the checkpoint: PATH with suffix ".json"
-(e.g. model.safetensors -> model.json), holding either the GPTConfig fields or {"model": {...}}.
+Checkpoints are safetensors only (never torch.load / pickle); how their model config is stored:
+trainnet.models.checkpoint. Sampling here is byte-level: it needs a gpt-bytes checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import click
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+import torch.nn as nn
 
-from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.models.checkpoint import CONFIG_KEY, CheckpointError, load_checkpoint, read_config
 
-CONFIG_KEY = "trainnet_model_config"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says why."""
-
-
-def _config_from(data: object, where: str) -> GPTConfig:
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{where}: model config must be a JSON object")
-    names = {f.name for f in dataclasses.fields(GPTConfig)}
-    unknown = set(data) - names
-    if unknown:
-        raise CheckpointError(f"{where}: unknown model config fields {sorted(unknown)}")
-    try:
-        return GPTConfig(**data)
-    except TypeError as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-
-
-def read_config(path: str | Path) -> GPTConfig:
-    """The GPTConfig stored with a checkpoint (metadata first, then the sidecar JSON)."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own types for malformed files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if CONFIG_KEY in meta:
-        try:
-            return _config_from(json.loads(meta[CONFIG_KEY]), f"{path} metadata")
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: metadata {CONFIG_KEY} is not valid JSON ({exc})") from None
-    side = path.with_suffix(".json")
-    if side.exists():
-        try:
-            return _config_from(json.loads(side.read_text()), str(side))
-        except ValueError as exc:
-            raise CheckpointError(f"{side}: not valid JSON ({exc})") from None
-    raise CheckpointError(f"{path}: no model config (metadata key {CONFIG_KEY!r} or sidecar {side.name})")
-
-
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, GPTConfig]:
-    """Build the GPT described by the checkpoint and load its weights (strict names and shapes)."""
-    cfg = read_config(path)
-    model = GPT(cfg)
-    tensors = load_file(str(path))
-    own = dict(model.named_parameters())
-    missing = sorted(set(own) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{path}: missing tensors {missing[:5]}")
-    with torch.no_grad():
-        for name, p in own.items():
-            t = tensors[name]
-            if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(f"{path}: {name} has shape {tuple(t.shape)}, model needs {tuple(p.shape)}")
-            p.copy_(t.to(p.dtype))
-    return model.to(device).eval(), cfg
+__all__ = ["CONFIG_KEY", "CheckpointError", "load_checkpoint", "read_config", "sample_lines", "sample_text"]
 
 
 def _printable(text: str) -> str:
@@ -89,9 +25,11 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
 
 
-def sample_text(model: GPT, prompt: str = "", tokens: int = 200, temperature: float = 0.8, seed: int = 0,
+def sample_text(model: nn.Module, prompt: str = "", tokens: int = 200, temperature: float = 0.8, seed: int = 0,
                 top_k: int | None = None) -> str:
     """Continue `prompt` by `tokens` bytes; deterministic for a seed. Returns prompt + continuation."""
+    if not hasattr(model, "generate") or getattr(getattr(model, "cfg", None), "vocab_size", 0) != 256:
+        raise CheckpointError("byte-level sampling needs a gpt-bytes model with vocab_size 256")
     data = prompt.encode("utf-8") or b"\n"
     idx = torch.tensor([list(data)], dtype=torch.long, device=next(model.parameters()).device)
     gen = torch.Generator(device=idx.device).manual_seed(seed)

@@ -173,10 +173,17 @@ def load_init(model: nn.Module, mcfg: ModelConfig) -> None:
 
 
 def set_checkpointing(model: nn.Module, on: bool) -> None:
-    if on:
-        model.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif model.hf.is_gradient_checkpointing:
-        model.hf.gradient_checkpointing_disable()
+    hf = model.hf
+    if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5 (the gradient_* names are deprecated)
+        active = hf.is_activation_checkpointing
+        if on and not active:
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif active and not on:
+            hf.activation_checkpointing_disable()
+    elif on:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hf.is_gradient_checkpointing:
+        hf.gradient_checkpointing_disable()
 
 
 SPEC = ModelSpec(name="hf", resolve=resolve, build=build, load_init=load_init, hf_config=hf_config,

@@ -81,7 +81,7 @@ class ModelShape:
 class MemoryOptions:
     bf16: bool = False  # a run setting (inner.precision): bf16 autocast
     checkpointing: bool = False  # ExecOptions.checkpointing
-    fused_adamw: bool = False  # ExecOptions.fused_adamw (CUDA)
+    fused_adamw: bool = True  # ExecOptions.fused_adamw (on by default on CUDA)
     optim_8bit: bool = False  # 8-bit AdamW states (bitsandbytes, CUDA): not implemented in run_task yet
     offload: bool = False  # AdamW states and step on the CPU: not implemented in run_task yet
 
@@ -108,6 +108,7 @@ class MemoryPlan:
     host_bytes: float
     fits: bool
     suggestion: MemoryOptions | None  # the first option set (in order of cost) that fits, if any
+    max_batch_size: int  # the largest batch that fits with the implemented options (bf16, checkpointing)
     message: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,18 +218,37 @@ def plan_memory(model: ModelConfig | ModelShape, gpu: str = "rtx4090", batch_siz
             if _totals(estimate(shape, batch_size, seq, merged))[0] <= capacity:
                 suggestion = merged
                 break
+    best = replace(opts, bf16=True, checkpointing=True, fused_adamw=True)
+    max_batch = largest_batch(shape, seq, best, capacity)
     return MemoryPlan(name, capacity, shape, batch_size, seq, opts, tuple(rows), device, host, fits, suggestion,
-                      _message(name, capacity, device, fits, opts, suggestion, shape, batch_size, seq))
+                      max_batch, _message(name, capacity, device, fits, opts, suggestion, shape, batch_size, seq,
+                                          max_batch, best))
+
+
+def largest_batch(shape: ModelShape, seq_len: int, options: MemoryOptions, capacity: float, limit: int = 1 << 16
+                  ) -> int:
+    """The largest batch size (<= limit) whose estimate fits `capacity` with these options; 0 if none."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _totals(estimate(shape, mid, seq_len, options))[0] <= capacity:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _message(gpu: str, capacity: float, device: float, fits: bool, opts: MemoryOptions,
-             suggestion: MemoryOptions | None, shape: ModelShape, batch: int, seq: int) -> str:
+             suggestion: MemoryOptions | None, shape: ModelShape, batch: int, seq: int, max_batch: int,
+             best: MemoryOptions) -> str:
     need = f"needs ~{device / GIB:.1f} GiB (estimate) of {capacity / GIB:.1f} GiB on {gpu}"
     what = f"a task of {shape.params / 1e6:,.1f}M params, batch {batch} x {seq} with {opts.label()}"
     if fits:
         return f"fits: {what} {need}"
     if suggestion is None:
-        return f"does not fit: {what} {need}; no option set fits (use a smaller batch_size or seq_len, or a larger GPU)"
+        smaller = (f"batch_size {max_batch} fits with {best.label()}" if max_batch else
+                   f"no batch size fits at seq_len {seq}: use a shorter sequence or a larger GPU")
+        return f"does not fit: {what} {need}; no option set fits at this batch size; {smaller}"
     missing = [label for key, label in NOT_IMPLEMENTED.items() if getattr(suggestion, key)]
     note = f" ({', '.join(missing)}: not implemented in run_task yet)" if missing else ""
     return f"does not fit: {what} {need}; fits with {suggestion.label()}{note}"

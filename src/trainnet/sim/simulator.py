@@ -28,6 +28,7 @@ from trainnet.config import RunConfig
 from trainnet.coordinator.core import Coordinator, CoordinatorConfig
 from trainnet.data.corpus import Corpus, load_run_corpus
 from trainnet.model.gpt import GPT
+from trainnet.models import build_model
 from trainnet.protocol.messages import LeaseRequest, NoTask, Register, TaskSpec, UpdateSubmission
 from trainnet.protocol.wire import decode_update
 from trainnet.sim.security import Security
@@ -105,7 +106,7 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     corpus = corpus or load_run_corpus(cfg)
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     if s.init:  # a local file named by the user (safetensors: no pickle)
         from safetensors.torch import load_file
 

@@ -33,6 +33,7 @@ from safetensors.torch import load as st_load
 from trainnet.codec import ErrorFeedback
 from trainnet.energy import EnergyReading, auto_meter
 from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.models import ModelConfig, build_model
 from trainnet.protocol import auth
 from trainnet.protocol.wire import WireFormatError, decode_update, encode_update
 from trainnet.train.local import TaskHParams, params_of, run_task
@@ -221,12 +222,12 @@ class Worker:
     # ------------------------------------------------------------------ protocol steps
     def _connect(self) -> None:
         info = self.client.info()
-        cfg = GPTConfig(**{k: v for k, v in info["model"].items() if k in {f.name for f in dataclasses.fields(GPTConfig)}})
+        cfg = ModelConfig.from_dict(info["model"])
         run_id, codec = str(info["run_id"]), str(info.get("codec") or "fp32")
         if run_id != self.run_id or cfg != self.model_cfg or codec != self.codec:
             self.run_id, self.codec, self.model_cfg = run_id, codec, cfg
             torch.manual_seed(0)  # the init is overwritten by the downloaded model anyway
-            self.model = GPT(cfg)
+            self.model = build_model(cfg)
             self.template = params_of(self.model)
             self.version, self.params, self.chain = None, None, 0
             held = self.store.load_model(run_id, self.template)

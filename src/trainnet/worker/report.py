@@ -90,7 +90,7 @@ def _mean(xs: list[Any]) -> float:
 def _save_final_model(cluster: Any, out: Path, info: dict[str, Any]) -> tuple[Path, int | None]:
     from safetensors.torch import load as st_load
 
-    from trainnet.model.gpt import GPTConfig
+    from trainnet.models import ModelConfig
     from trainnet.worker.store import model_bytes
 
     r = cluster.get("/v1/model/latest")
@@ -98,7 +98,7 @@ def _save_final_model(cluster: Any, out: Path, info: dict[str, Any]) -> tuple[Pa
     version = r.headers.get("x-trainnet-version")
     v = int(version) if version and version.isdigit() else None
     params = st_load(r.content)
-    cfg = GPTConfig(**info["model"])
+    cfg = ModelConfig.from_dict(info["model"])
     path = out / "final_model.safetensors"
     path.write_bytes(model_bytes(params, v or 0, str(info.get("run_id", "")), cfg))
     return path, v

@@ -35,7 +35,7 @@ import click
 import torch
 from safetensors.torch import load as st_load
 
-from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.models import ModelConfig, build_model
 from trainnet.protocol import auth
 from trainnet.protocol.messages import TaskSpec
 from trainnet.train.local import params_of
@@ -181,7 +181,7 @@ class VerifierNode:
         """Read the run (GET /v1/info) and register this node's key."""
         self.info = self.client.info()
         torch.manual_seed(0)  # the init is overwritten by each audit's base parameters
-        model = GPT(GPTConfig(**self.info["model"]))
+        model = build_model(ModelConfig.from_dict(self.info["model"]))
         self.template = {k: v.detach().clone() for k, v in params_of(model).items()}
         self._model = model
         try:
