@@ -17,7 +17,7 @@ import httpx
 import torch
 from safetensors.torch import load as st_load
 
-from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.models import ModelConfig, build_model
 from trainnet.protocol.auth import (
     HDR_UPDATE_SIG,
     load_or_create_key,
@@ -127,7 +127,7 @@ class Client:
         self.node_id = node_id_of(bytes.fromhex(self.pub))
         self.join_token = join_token
         self.info = self.http.get("/v1/info").json()
-        self.model = GPT(GPTConfig(**self.info["model"]))
+        self.model = build_model(ModelConfig.from_dict(self.info["model"]))
 
     def post(self, path: str, body: bytes | dict, headers: dict | None = None, now: float | None = None,
              node_id: str | None = None) -> httpx.Response:

@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from trainnet.codec import ErrorFeedback
-from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.models import ModelConfig, build_model
 from trainnet.protocol.auth import load_or_create_key, sign_request, sign_update
 from trainnet.protocol.wire import encode_update
 from trainnet.train.local import TaskHParams, run_task
@@ -72,7 +72,7 @@ class Node:
         self.http = httpx.Client(base_url=url, timeout=30.0)
         self.info = self.client.info()
         torch.manual_seed(0)
-        self.model = GPT(GPTConfig(**self.info["model"]))
+        self.model = build_model(ModelConfig.from_dict(self.info["model"]))
         self.ef = ErrorFeedback(self.info["codec"])
 
     def close(self) -> None:
