@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "report": "trainnet.dashboard.report:report_cmd",
     "data": "trainnet.data.cli:data_cmd",
     "plan-memory": "trainnet.models.memory_cli:plan_memory_cmd",
+    "export": "trainnet.models.export:export_cmd",
 }
 
 

@@ -121,3 +121,16 @@ def test_out_folder_is_never_clobbered(tmp_path: Path):
     with pytest.raises(SourceError, match="holds no prepared dataset"):
         prepare(tmp_path / "t.txt", keep, shard_tokens=64, val_every=2, overwrite=True)
     assert (keep / "notes.md").read_text() == "mine"
+
+
+def test_a_bad_parquet_in_a_folder_fails_before_any_work(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text(TEXT * 20)
+    pq.write_table(pa.table({"body": ["x"]}), src / "z.parquet")
+    with pytest.raises(SourceError, match=r"z.parquet: no column 'text'"):
+        prepare(src, tmp_path / "out", tokenizer="bpe:300", shard_tokens=64, val_every=2)
+    assert not (tmp_path / "out").exists()  # refused before training a tokenizer or writing a shard

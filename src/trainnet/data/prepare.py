@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from trainnet.data.manifest import sha256_hex
-from trainnet.data.sources import Doc, Progress, SourceError, iter_docs, source_size
+from trainnet.data.sources import Doc, Progress, SourceError, check_source, iter_docs, source_size
 from trainnet.data.token_corpus import (
     DTYPES,
     FORMAT,
@@ -181,6 +181,7 @@ def prepare(src: Path, out: Path, tokenizer: str = "bytes", field: str = "text",
     from trainnet.data.progress import prepare_progress
 
     _check_out(out, overwrite)  # before the long work
+    check_source(src, field, split)
     with prepare_progress(source_size(src), quiet) as bar:
         tok = _make_tokenizer(tokenizer, src, field, split, bpe_sample_bytes, bar.phase("training BPE"))
         _reset_out(out)

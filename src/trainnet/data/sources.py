@@ -103,6 +103,20 @@ def iter_docs(src: Path, field: str = "text", split: str | None = None, raw: boo
             yield from _text_docs(f, raw, progress)
 
 
+def check_source(src: Path, field: str = "text", split: str | None = None) -> None:
+    """Fail fast, before any long pass: the source exists and every parquet file has a string `field`
+    column (jsonl rows can only be checked as they stream by)."""
+    src = src.expanduser()
+    if not src.exists():
+        raise SourceError(f"data source does not exist: {src}")
+    if is_hf_dataset(src):
+        next(iter(_hf_docs(src, field, split, _noop)), None)
+        return
+    for f in [src] if src.is_file() else list_files(src):
+        if kind_of(f) == "parquet":
+            next(iter(_parquet_docs(f, field, _noop)), None)
+
+
 def _text_docs(path: Path, raw: bool, progress: Progress) -> Iterator[Doc]:
     try:
         fp = open(path, "rb")

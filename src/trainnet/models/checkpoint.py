@@ -5,7 +5,7 @@
     model, mcfg = load_checkpoint("checkpoint.safetensors")
 
 Metadata keys: "trainnet_model_config" (ModelConfig.to_dict() as JSON; older checkpoints hold only the GPT
-fields, read as spec "gpt-bytes") and "trainnet_model_spec". Without that key, a sidecar JSON next to the
+fields, read as spec "gpt-bytes"), "trainnet_model_spec" and "trainnet_tokenizer" (the tokenizer's info). Without that key, a sidecar JSON next to the
 checkpoint (model.safetensors -> model.json) holding the fields or {"model": {...}}. Never torch.load.
 """
 
@@ -20,6 +20,7 @@ from trainnet.models.config import ModelConfig, ModelConfigError
 
 CONFIG_KEY = "trainnet_model_config"
 SPEC_KEY = "trainnet_model_spec"
+TOKENIZER_KEY = "trainnet_tokenizer"  # JSON of the model's tokenizer info (kind, sha256, vocab_size) or null
 
 
 class CheckpointError(ValueError):
@@ -27,8 +28,12 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_metadata(mcfg: ModelConfig, **extra: str) -> dict[str, str]:
-    """safetensors metadata that lets read_config rebuild the model anywhere (string values only)."""
-    return {CONFIG_KEY: json.dumps(mcfg.to_dict()), SPEC_KEY: mcfg.spec, **{k: str(v) for k, v in extra.items()}}
+    """safetensors metadata that lets read_config rebuild the model anywhere, and export check the tokenizer
+    (string values only). Call it where mcfg's files are (the coordinator): it resolves the config."""
+    from trainnet.models.registry import model_tokenizer_info
+
+    return {CONFIG_KEY: json.dumps(mcfg.to_dict()), SPEC_KEY: mcfg.spec,
+            TOKENIZER_KEY: json.dumps(model_tokenizer_info(mcfg)), **{k: str(v) for k, v in extra.items()}}
 
 
 def _config_from(data: object, where: str) -> ModelConfig:

@@ -106,6 +106,7 @@ class MemoryPlan:
     rows: tuple[tuple[str, float, str, str], ...]  # (item, bytes, "gpu"/"host", formula)
     device_bytes: float
     host_bytes: float
+    tensor_bytes: float  # device tensors only (no CUDA context or slack): compare with max_memory_allocated
     fits: bool
     suggestion: MemoryOptions | None  # the first option set (in order of cost) that fits, if any
     max_batch_size: int  # the largest batch that fits with the implemented options (bf16, checkpointing)
@@ -220,8 +221,9 @@ def plan_memory(model: ModelConfig | ModelShape, gpu: str = "rtx4090", batch_siz
                 break
     best = replace(opts, bf16=True, checkpointing=True, fused_adamw=True)
     max_batch = largest_batch(shape, seq, best, capacity)
-    return MemoryPlan(name, capacity, shape, batch_size, seq, opts, tuple(rows), device, host, fits, suggestion,
-                      max_batch, _message(name, capacity, device, fits, opts, suggestion, shape, batch_size, seq,
+    tensors = sum(b for item, b, where, _ in rows if where == "gpu" and not item.startswith("CUDA context"))
+    return MemoryPlan(name, capacity, shape, batch_size, seq, opts, tuple(rows), device, host, tensors, fits,
+                      suggestion, max_batch, _message(name, capacity, device, fits, opts, suggestion, shape, batch_size, seq,
                                           max_batch, best))
 
 
