@@ -41,13 +41,13 @@ def pretrain(path: str, steps: int, data_sets: list[str]) -> float:
 
     from trainnet.config import load_config
     from trainnet.data.corpus import load_run_corpus
-    from trainnet.model.gpt import GPT
+    from trainnet.models import build_model
     from trainnet.train.local import TaskHParams, evaluate, params_of, run_task
 
     cfg = load_config(CONFIG, data_sets)
     corpus = load_run_corpus(cfg)
     torch.manual_seed(12345)
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     train = torch.cat([corpus.shard(i).tokens for i in corpus.manifest.ids("train")])
     hp = TaskHParams(steps=steps, lr=3e-3, batch_size=cfg.inner.batch_size, seq_len=cfg.model.block_size,
                      progress_start=0.0, progress_end=1.0, lr_warmup=0.05, min_lr_ratio=0.3)

@@ -31,7 +31,7 @@ from simrunner import cpu_model  # bench/ is the script directory
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from trainnet.model.gpt import GPT, GPTConfig  # noqa: E402
+from trainnet.models import ModelConfig, build_model  # noqa: E402
 from trainnet.protocol.auth import (  # noqa: E402
     HDR_UPDATE_SIG,
     load_or_create_key,
@@ -150,7 +150,7 @@ def main() -> None:
                     break
                 except httpx.HTTPError:
                     time.sleep(0.1)
-            model = GPT(GPTConfig(**info["model"]))
+            model = build_model(ModelConfig.from_dict(info["model"]))
             shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
             n_params = sum(p.numel() for p in model.parameters())
             results = [asyncio.run(run_level(url, n, args.seconds, tmp, info, shapes)) for n in args.clients]

@@ -18,7 +18,7 @@ import torch
 
 from trainnet.config import load_config
 from trainnet.data.corpus import load_corpus
-from trainnet.model.gpt import GPT
+from trainnet.models import build_model
 from trainnet.train.local import TaskHParams, params_of, run_task
 from trainnet.verify import compare
 
@@ -27,7 +27,7 @@ def main() -> None:
     cfg = load_config("bench/security.toml")
     corpus = load_corpus(None, cfg.data.shard_bytes, cfg.data.val_every, cfg.data.max_bytes)
     torch.manual_seed(0)
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     ids = corpus.manifest.ids("train")
     # A partly trained base, so the updates look like mid-run updates.
     torch.set_num_threads(1)

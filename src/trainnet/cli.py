@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "demo": "trainnet.worker.demo:demo_cmd",
     "sample": "trainnet.model.sample:sample_cmd",
     "report": "trainnet.dashboard.report:report_cmd",
+    "data": "trainnet.data.cli:data_cmd",
+    "plan-memory": "trainnet.models.memory_cli:plan_memory_cmd",
+    "export": "trainnet.models.export:export_cmd",
 }
 
 

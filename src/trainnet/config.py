@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainnet.config_rules import check_config
-from trainnet.model.gpt import GPTConfig
+from trainnet.models.config import ModelConfig
 
 
 @dataclass
@@ -134,7 +134,7 @@ class SimConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)

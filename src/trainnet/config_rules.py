@@ -130,6 +130,28 @@ class Spec:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A TOML table (a dict with string keys); what it holds is checked where it is used."""
+
+    what: str = "a table"
+
+    def describe(self) -> str:
+        return self.what
+
+    def problem(self, value: Any) -> str | None:
+        return None if isinstance(value, dict) and all(isinstance(k, str) for k in value) else ""
+
+
+def _model_spec(text: str) -> None:
+    from trainnet.models import get_spec
+
+    try:
+        get_spec(text)
+    except KeyError as exc:  # the spec parsers' contract here is ValueError
+        raise ValueError(str(exc).strip('"')) from None
+
+
+@dataclass(frozen=True)
 class Unset:
     """None (the field left out: `meaning`) or a value the inner rule allows."""
 
@@ -173,7 +195,13 @@ RULES: dict[str, Rule] = {
     "model.n_head": Int(1),
     "model.n_embd": Int(1),  # and a multiple of n_head (CROSS_CHECKS)
     "model.block_size": Int(1),
-    "model.vocab_size": Int(256),  # the byte-level tokenizer emits ids 0..255
+    "model.spec": Spec("a model spec name (gpt-bytes, hf)", _model_spec),
+    "model.vocab_size": Int(2),  # gpt-bytes: 256 for the byte tokenizer (models/ checks it against the data)
+    "model.config": Unset(Text("a Hugging Face config.json path", nonempty=True), "inline [model.hf] fields"),
+    "model.hf": Table("a table of Hugging Face config fields (model_type, hidden_size, ...)"),
+    "model.init": Unset(Text("a local checkpoint folder or .safetensors file", nonempty=True), "random init"),
+    "model.tokenizer": Unset(Text("a tokenizer.json or a folder holding one", nonempty=True),
+                             "the spec's default"),
     "model.dropout": BELOW_ONE,
     "model.bias": Flag(),
     # data

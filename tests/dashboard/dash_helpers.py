@@ -65,6 +65,9 @@ class LiveRun:
             time.sleep(0.2)
         view = self.dashboard()
         assert view["done"], "run did not finish"
+        while time.time() < end and not any(p["version"] == view["model_version"] for p in view["val_curve"]):
+            time.sleep(0.2)  # the evaluator is a moment behind the last merge
+            view = self.dashboard()
         return view
 
     def close(self) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from trainnet.dashboard.data import run_view
+from trainnet.dashboard.static_files import STATIC_DIR
 from trainnet.store.state import Changes
 from trainnet.store.state_memory import MemoryStateStore
-from trainnet.dashboard.static_files import STATIC_DIR
 
 T0, END, LEASE_S = 1000.0, 2000.0, 60.0
 AFTER = END + 23 * 60  # the user opens the dashboard 23 minutes after the run ended

@@ -185,14 +185,10 @@ class HttpNode:
 
     def train(self, task: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
         """Run the task honestly and encode the update (fp32 runs: empty residual commitments)."""
-        import dataclasses
-
-        from trainnet.model.gpt import GPT, GPTConfig
+        from trainnet.models import ModelConfig, build_model
         from trainnet.train.local import TaskHParams, params_of, run_task
 
-        names = {f.name for f in dataclasses.fields(GPTConfig)}
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(**{k: v for k, v in self.info["model"].items() if k in names}))
+        model = build_model(ModelConfig.from_dict(self.info["model"]), seed=0)
         base = self.base_params(task["base_version"], params_of(model))
         r = self.http.get(f"/v1/shard/{task['shard_id']}")
         assert r.status_code == 200, r.text

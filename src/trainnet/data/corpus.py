@@ -15,7 +15,7 @@ import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,7 @@ from trainnet.data.manifest import Manifest, ShardEntry, sha256_hex
 
 if TYPE_CHECKING:
     from trainnet.config import RunConfig
+    from trainnet.data.token_corpus import TokenCorpus
 
 _SEPARATOR = b"\n\n"
 _BINARY_PROBE = 8192
@@ -65,6 +66,14 @@ class Corpus:
     @property
     def nbytes(self) -> int:
         return sum(len(s) for s in self._shards)
+
+    def info(self) -> dict[str, Any]:
+        """What a worker needs to read this corpus's shard bytes (same keys as a prepared TokenCorpus)."""
+        from trainnet.data.tokenizing import BytesTokenizer
+
+        return {"format": "bytes", "dtype": "uint8", "byteorder": "little", "vocab_size": 256,
+                "tokenizer": BytesTokenizer().info(), "root_hash": self.manifest.root_hash,
+                "shards": len(self), "ntokens": self.nbytes}
 
     def shard(self, shard_id: int, expect_sha256: str | None = None) -> Shard:
         entry = self.manifest.entry(shard_id)
@@ -176,8 +185,23 @@ def load_corpus(
     return Corpus(shards, source=source, val_every=val_every)
 
 
-def load_run_corpus(cfg: RunConfig) -> Corpus:
+def load_run_corpus(cfg: RunConfig) -> Corpus | TokenCorpus:
     """The corpus a run config names (`data.*`), its shards checked against the model's context length.
-    The simulator, the sync baseline, the coordinator and the demo report all load it this way."""
+    The simulator, the sync baseline, the coordinator and the demo report all load it this way.
+    A `data.path` folder made by `trainnet data prepare` (it holds manifest.json) is read as prepared
+    tokens (data.shard_bytes / val_every / max_bytes do not apply: the manifest fixes the shards), and
+    the model is checked against its vocabulary and tokenizer."""
     d = cfg.data
+    from trainnet.data.token_corpus import is_prepared, load_prepared
+
+    if is_prepared(d.path):
+        corpus = load_prepared(d.path)
+        smallest = min(e.ntokens for e in corpus.manifest.shards)
+        if smallest < cfg.model.block_size + 2:
+            raise CorpusError(f"{d.path}: shard of {smallest} tokens is too small for the context length "
+                              f"(needs at least {cfg.model.block_size + 2}); prepare with a larger --shard-tokens")
+        from trainnet.models.registry import check_corpus
+
+        check_corpus(cfg.model, corpus.info())
+        return corpus
     return load_corpus(d.path, d.shard_bytes, d.val_every, d.max_bytes, min_shard_bytes=cfg.model.block_size + 2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from trainnet.verify.policy import reputation
 # progress in heartbeats, join tokens with key quotas, public vs operator status.
 PROTOCOL = "2.0"
 SHARED_TOKEN = "shared"
+log = logging.getLogger("trainnet.coordinator")
 PUBLIC_BLOB_PREFIXES = ("pub/", "versions/")
 PROGRESS_KEYS = {"steps_done": int, "steps": int, "tokens_done": int, "eta_s": float, "loss": float}
 
@@ -193,7 +195,22 @@ class Api:
         r = self.svc.step(lambda c: c.heartbeat(Heartbeat(caller.node_id, d["task_id"], progress), now))
         if not r.ok:
             raise ApiError({"unknown_node": 404, "banned": 403}.get(r.reason, 409), r.reason, "heartbeat refused")
+        if progress and progress.get("steps"):
+            self._log_progress(caller.node_id, d["task_id"], progress)
         return {"ok": True, "deadline": r.deadline}
+
+    def _log_progress(self, node_id: str, task_id: str, p: dict[str, Any]) -> None:
+        """One line per progress report, so a long task (the warm start above all) is visible in the log."""
+        lease = self.svc.core.leases.get(task_id)
+        if lease is None:
+            return
+        warm = lease.spec.codec == self.svc.ccfg.warm_start_codec and self.svc.ccfg.warm_start_tokens > 0 \
+            and lease.spec.base_version == 0
+        done, total = int(p.get("tokens_done", 0)), int(lease.spec.tokens)
+        eta = p.get("eta_s")
+        log.info("%s: node %s, %.0f%% (%s/%s tokens)%s", "warm start" if warm else f"task {task_id}", node_id,
+                 100 * p["steps_done"] / p["steps"], f"{done / 1000:.0f}k", f"{total / 1000:.0f}k",
+                 f", ETA {eta:.0f}s" if isinstance(eta, int | float) else "")
 
     def abandon(self, caller: Caller, body: bytes, now: float) -> dict[str, Any]:
         d = parse_json_object(body, {"task_id": str}, max_string=self.svc.limits.max_string)
@@ -213,7 +230,9 @@ class Api:
                        "rate_per_s": lim.rate_per_s, "burst": lim.burst, "max_skew_s": lim.max_skew_s,
                        "max_leases_per_node": svc.ccfg.max_leases_per_node, "lease_s": svc.ccfg.lease_s,
                        "register_pow_bits": lim.register_pow_bits, "reveal_max_bytes": self.audits.reveal_cap},
-            "data": {"source": man.source, "shards": len(man.shards), "train_shards": len(man.ids("train"))},
+            "data": {"source": man.source, "shards": len(man.shards), "train_shards": len(man.ids("train")),
+                     **{k: v for k, v in svc.spec.data_info().items() if k in ("format", "dtype", "byteorder",
+                                                                                "vocab_size", "tokenizer")}},
             "publish": {"codec": svc.ccfg.publish_codec, "full_every": svc.ccfg.full_every},
             "join_token_required": self.svc.read(lambda c: bool(c.tokens)),
         }

@@ -13,7 +13,6 @@ they agree on the layout and the data without talking to each other.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -24,7 +23,8 @@ from trainnet.aggregate.layout import ParamDict, ParamLayout
 from trainnet.config import RunConfig
 from trainnet.core.records import CoordinatorConfig
 from trainnet.data.corpus import Corpus, load_run_corpus
-from trainnet.model.gpt import GPT
+from trainnet.models import build_model as _build
+from trainnet.models import model_identity
 from trainnet.train.local import evaluate, params_of
 
 EVAL_SEED = 1234  # the held-out windows: fixed, so every evaluation of every version uses the same ones
@@ -57,9 +57,9 @@ def coordinator_config(cfg: RunConfig) -> CoordinatorConfig:
 
 
 def build_model(cfg: RunConfig, seed: int | None = None) -> torch.nn.Module:
-    """The run's model, initialised from `seed` (default: the run seed). The one place a model is built."""
-    torch.manual_seed(cfg.sim.seed if seed is None else seed)
-    return GPT(cfg.model)
+    """The run's model (through the spec registry: gpt-bytes or any transformers causal LM), initialised from
+    `seed` (default: the run seed), or from `model.init` when set."""
+    return _build(cfg.model, seed=cfg.sim.seed if seed is None else seed)
 
 
 @dataclass
@@ -85,7 +85,12 @@ class RunSpec:
         return {k: v.clone() for k, v in self.template.items()}
 
     def model_info(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.cfg.model)
+        """The model config as workers get it in /v1/info (ModelConfig.from_dict reads it back)."""
+        return self.cfg.model.to_dict()
+
+    def data_info(self) -> dict[str, Any]:
+        """What a worker needs to turn shard bytes into tokens (dtype, vocabulary, tokenizer hash)."""
+        return self.corpus.info()
 
     @cached_property
     def val_tokens(self) -> list[torch.Tensor]:
@@ -101,5 +106,6 @@ class RunSpec:
     def fingerprint(self) -> dict[str, Any]:
         coordinator = self.ccfg.to_doc()
         coordinator.pop("audit_key")  # a secret, and not a setting of the run
-        return {"run": self.cfg.name, "model": self.model_info(), "coordinator": coordinator,
-                "manifest_root": self.corpus.manifest.root_hash, "numel": self.layout.numel}
+        return {"run": self.cfg.name, "model": model_identity(self.cfg.model), "coordinator": coordinator,
+                "manifest_root": self.corpus.manifest.root_hash, "numel": self.layout.numel,
+                "tokenizer": (self.data_info().get("tokenizer") or {}).get("sha256")}

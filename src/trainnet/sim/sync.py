@@ -17,7 +17,7 @@ import torch
 
 from trainnet.config import RunConfig
 from trainnet.data.corpus import Corpus, load_run_corpus
-from trainnet.model.gpt import GPT
+from trainnet.models import build_model
 from trainnet.train.local import evaluate, make_inner_optimizer, params_of, sample_batch
 from trainnet.train.schedule import lr_at
 
@@ -30,7 +30,7 @@ def run_sync(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     corpus = corpus or load_run_corpus(cfg)
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     n_params = sum(p.numel() for p in model.parameters())
     val_tokens = [corpus.shard(i).tokens for i in corpus.manifest.ids("val")]
     train_ids = corpus.manifest.ids("train")

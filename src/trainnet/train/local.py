@@ -9,16 +9,22 @@ inputs (base parameters, shard bytes, seed, hyperparameters): that is what lets 
 it. On CPU the result is bit-for-bit deterministic for the same inputs and thread count.
 
 Any `torch.nn.Module` whose `forward(x, y)` returns a loss (or a tuple ending with the loss) works.
+
+GPU options (a worker's choice, not a task input): `run_task(..., options=ExecOptions(compile=True,
+checkpointing=True))`. On CPU only activation checkpointing applies, and it gives bit-identical results;
+torch.compile and the fused AdamW kernel apply on CUDA only, so CPU results never depend on them.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 
+from trainnet.models.registry import param_groups, set_checkpointing
+from trainnet.train.partial import Partial, TaskHooks
 from trainnet.train.schedule import lr_at
 
 ParamDict = dict[str, torch.Tensor]
@@ -70,6 +76,33 @@ def use_bf16(precision: str, device: str | torch.device) -> bool:
     return precision == "bf16"
 
 
+@dataclass(frozen=True)
+class ExecOptions:
+    """How this machine runs a task (bf16 is a task input instead: TaskHParams.precision).
+
+    compile: torch.compile the model (CUDA only; compiled once per model object, and it stays compiled).
+    checkpointing: recompute each transformer block in backward (any device; same numbers, less memory;
+        needs a model from trainnet.models.build_model).
+    fused_adamw: the fused CUDA AdamW kernel (CUDA only; CPU keeps foreach AdamW)."""
+
+    compile: bool = False
+    checkpointing: bool = False
+    fused_adamw: bool = True
+
+    def on(self, device: str | torch.device) -> ExecOptions:
+        """The options that apply on `device` (CUDA-only ones switched off elsewhere)."""
+        cuda = torch.device(device).type == "cuda"
+        return replace(self, compile=self.compile and cuda, fused_adamw=self.fused_adamw and cuda)
+
+
+def apply_options(model: nn.Module, options: ExecOptions) -> None:
+    """Set up `model` for these (device-resolved) options."""
+    set_checkpointing(model, options.checkpointing)
+    if options.compile and not getattr(model, "_trainnet_compiled", False):
+        model.compile()  # in place: parameter names stay the same (torch.compile(model) would prefix them)
+        model._trainnet_compiled = True
+
+
 @dataclass
 class TaskResult:
     delta: ParamDict
@@ -112,15 +145,14 @@ def load_params(model: nn.Module, params: ParamDict) -> None:
             p.copy_(params[name])
 
 
-def make_inner_optimizer(model: nn.Module, lr: float, weight_decay: float, beta1: float, beta2: float
-                         ) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms and biases), as nanoGPT."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(beta1, beta2), foreach=True,
-    )
+def make_inner_optimizer(model: nn.Module, lr: float, weight_decay: float, beta1: float, beta2: float,
+                         fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with the model spec's parameter groups (built in: weight decay on matrices only, not on norms
+    and biases, as nanoGPT); `fused` (CUDA) uses the fused kernel instead of foreach."""
+    groups = param_groups(model, weight_decay)
+    if fused:
+        return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), foreach=True)
 
 
 def run_task(
@@ -130,31 +162,56 @@ def run_task(
     hp: TaskHParams,
     seed: int,
     device: str | torch.device = "cpu",
-) -> TaskResult:
+    options: ExecOptions | None = None,
+    hooks: TaskHooks | None = None,
+) -> TaskResult | Partial:
     """Train `model` from `base_params` for hp.steps AdamW steps on windows of `tokens` drawn with
-    `seed`; return the pseudo-gradient base - local and measured stats."""
+    `seed`; return the pseudo-gradient base - local and measured stats. `options`: see ExecOptions.
+    `hooks` (train/partial.py): per-step progress, a pause that returns a resumable Partial, a resume."""
     t0 = time.perf_counter()
+    hooks = hooks or TaskHooks()
+    opts = (options or ExecOptions()).on(device)
     model.to(device)
-    load_params(model, base_params)
+    resume = hooks.resume
+    load_params(model, resume.params if resume is not None else base_params)
     model.train()
-    opt = make_inner_optimizer(model, hp.lr, hp.weight_decay, hp.beta1, hp.beta2)
+    apply_options(model, opts)
+    opt = make_inner_optimizer(model, hp.lr, hp.weight_decay, hp.beta1, hp.beta2, fused=opts.fused_adamw)
     gen = torch.Generator().manual_seed(seed)
+    losses: list = []
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume.optimizer)
+        gen.set_state(resume.generator)
+        losses = [torch.tensor(x) for x in resume.losses]
+        start = resume.step
+        t0 -= resume.elapsed_s
     tokens = tokens.to(device) if tokens.device != torch.device(device) else tokens
-    losses = []
     bf16 = use_bf16(hp.precision, device)
-    for step in range(hp.steps):
+    for step in range(start, hp.steps):
         for group in opt.param_groups:
             group["lr"] = hp.lr_at_step(step)
         x, y = sample_batch(tokens, hp.batch_size, hp.seq_len, gen)
+        # Free the last step's gradients before the forward, not after: same numbers, and they do not
+        # share the activation peak (4 bytes per parameter less; see models/memory.py).
+        opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = _loss_of(model(x.to(device), y.to(device)))
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         if hp.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
         opt.step()
         losses.append(loss.detach())
-    loss_t = torch.stack(losses).float().cpu() if losses else torch.zeros(1)
+        if hooks.on_step is not None:
+            hooks.on_step(step + 1, float(loss))
+        if hooks.should_pause is not None and step + 1 < hp.steps and hooks.should_pause():
+            return Partial(hooks.task_id, step + 1, params_of(model), opt.state_dict(), gen.get_state(),
+                           [float(x) for x in losses], time.perf_counter() - t0)
+    loss_t = torch.stack([x.float() for x in losses]).cpu() if losses else torch.zeros(1)
+    # Drop the optimizer's states and the last gradients before the delta is allocated (12 bytes per
+    # parameter less at the end of a task; the numbers do not change).
+    opt.zero_grad(set_to_none=True)
+    del opt
     with torch.no_grad():
         delta = {n: (base_params[n].to(device) - p.detach()).cpu() for n, p in model.named_parameters()}
     return TaskResult(

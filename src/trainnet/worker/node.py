@@ -31,12 +31,14 @@ from typing import Any
 import torch
 
 from trainnet.codec import ErrorFeedback
+from trainnet.data.token_corpus import tokens_from_bytes
 from trainnet.energy import EnergyReading, auto_meter
-from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.models import ModelConfig, build_model
 from trainnet.protocol import auth
 from trainnet.protocol.wire import encode_update, header_sha256
 from trainnet.server.api import solve_pow
 from trainnet.train.local import TaskHParams, params_of, run_task
+from trainnet.train.partial import Partial, TaskHooks
 from trainnet.verify.commit import EMPTY_DIGEST, encode_committed
 from trainnet.worker.client import (
     ApiError,
@@ -54,7 +56,9 @@ from trainnet.worker.versions import VersionFetcher
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NOT_COORDINATOR = 0, 1, 3, 5
 TASK_LOG = "tasks.jsonl"
-LEASE_FILE = "lease.json"  # the lease held right now, so a restarted worker can give it back
+LEASE_FILE = "lease.json"
+PARTIAL_FILE = "partial.safetensors"  # a task paused by a stop signal, resumed when the worker starts again
+PROGRESS_EVERY_S = 60.0  # the lease held right now, so a restarted worker can give it back
 REVEAL_KEEP = 4  # residuals of this many recent uploads are kept (in memory) for a reveal
 _HPARAM_FIELDS = {f.name for f in dataclasses.fields(TaskHParams)}
 
@@ -83,7 +87,8 @@ class _StopNow(BaseException):
 
 
 class _Heartbeat(threading.Thread):
-    """Keeps a lease alive: heartbeats when half of the remaining lease has passed."""
+    """Keeps a lease alive and reports the task's progress: heartbeats when half of the remaining lease has
+    passed, and at least every PROGRESS_EVERY_S seconds (the coordinator's log and dashboard show it)."""
 
     def __init__(self, worker: Worker, task: dict[str, Any]) -> None:
         super().__init__(daemon=True, name="heartbeat")
@@ -95,10 +100,11 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while True:
             left = self.deadline - (time.time() + self.offset)
-            if self.done.wait(max(0.5, left / 2)):
+            if self.done.wait(max(0.5, min(left / 2, PROGRESS_EVERY_S))):
                 return
             try:
-                reply = self.worker.client.heartbeat(self.task_id, budget_s=max(2.0, left / 3))
+                reply = self.worker.client.heartbeat(self.task_id, budget_s=max(2.0, left / 3),
+                                                     progress=self.worker.progress or None)
                 self.deadline = float(reply.get("deadline", self.deadline))
             except (ApiError, Unreachable, Stopped, ValueError) as exc:
                 self.worker.status.log(f"heartbeat {self.task_id}: {exc}")
@@ -140,8 +146,9 @@ class Worker:
         self.device = resolve_device(opts.device)
         self.run_id = ""
         self.codec = "fp32"
-        self.model: GPT | None = None
-        self.model_cfg: GPTConfig | None = None
+        self.model: torch.nn.Module | None = None
+        self.model_cfg: ModelConfig | None = None
+        self.data_info: dict[str, Any] = {}
         self.template: dict[str, torch.Tensor] = {}
         self.version: int | None = None
         self.params: dict[str, torch.Tensor] | None = None
@@ -149,6 +156,8 @@ class Worker:
         self.ef: ErrorFeedback | None = None
         self.task: dict[str, Any] | None = None  # the lease held right now
         self.interruptible = True
+        self.training = False  # inside run_task: a stop pauses the task instead of abandoning it
+        self.progress: dict[str, Any] = {}  # the running task's progress, sent with heartbeats
         self.tasks_done = 0
         self.results: dict[str, int] = {}
         # task_id -> (r_in, r_out) of uploads that may have to be revealed (audited or outcome unknown)
@@ -161,8 +170,13 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop.is_set():
-            raise KeyboardInterrupt  # second signal: abort now
+            raise KeyboardInterrupt  # second signal: abort now (a held lease is given back)
         self.stop.set()
+        if self.training:  # the task pauses at its next step and is saved: a restart resumes it
+            self.status.update(note="pausing the task (Ctrl-C again to give it back instead)")
+            self.status.log("stopping: saving the task in progress at its next step so that a restart resumes "
+                            "it; press Ctrl-C again to give it back instead")
+            return
         self.status.update(note="stopping")
         if self.interruptible:
             raise _StopNow()
@@ -198,18 +212,20 @@ class Worker:
         """Residual pairs kept on disk for audits of this run (derived from the run id; stateless)."""
         return RevealStore(self.store.feedback_dir(self.run_id) / "reveal", REVEAL_KEEP)
 
-    def _hold(self, task: dict[str, Any] | None) -> None:
+    def _hold(self, task: dict[str, Any] | None, keep: bool = False) -> None:
         self.task = task
         path = self.opts.state_dir / LEASE_FILE
-        if task is None:
+        if task is None and not keep:
             path.unlink(missing_ok=True)
         else:
             path.write_text(json.dumps({"run_id": self.run_id, "task_id": task["task_id"],
                                         "shard_id": task.get("shard_id"), "seed": task.get("seed")}))
 
     def _give_back_leftover(self) -> None:
-        """A previous process of this node was killed holding a lease: give it back so the shard is
-        requeued now instead of when the lease expires (and this node may lease again at once)."""
+        """A previous process of this node was killed holding a lease: resume it when it left a paused task,
+        else give it back so the shard is requeued now instead of when the lease expires."""
+        if self._resume_leftover():
+            return
         try:
             old = json.loads((self.opts.state_dir / LEASE_FILE).read_text())
         except (OSError, ValueError):
@@ -233,12 +249,13 @@ class Worker:
     # ------------------------------------------------------------------ protocol steps
     def _connect(self) -> None:
         info = self.client.info()
-        cfg = GPTConfig(**{k: v for k, v in info["model"].items() if k in {f.name for f in dataclasses.fields(GPTConfig)}})
+        cfg = ModelConfig.from_dict(info["model"])
+        self.data_info = dict(info.get("data") or {})
         run_id, codec = str(info["run_id"]), str(info.get("codec") or "fp32")
         if run_id != self.run_id or cfg != self.model_cfg or codec != self.codec:
             self.run_id, self.codec, self.model_cfg = run_id, codec, cfg
             torch.manual_seed(0)  # the init is overwritten by the downloaded model anyway
-            self.model = GPT(cfg)
+            self.model = build_model(cfg)
             self.template = params_of(self.model)
             self.version, self.params, self.chain = None, None, 0
             held = self.store.load_model(run_id, self.template)
@@ -342,9 +359,9 @@ class Worker:
             if got != sha256:
                 raise ModelFormatError(f"shard {shard_id}: sha256 {got[:12]} != task's {sha256[:12]}")
             self.store.save_shard(sha256, data)
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return tokens_from_bytes(data, str(self.data_info.get("dtype", "uint8")), self.data_info.get("vocab_size"))
 
-    def _do_task(self, task: dict[str, Any]) -> None:
+    def _do_task(self, task: dict[str, Any], resume: Partial | None = None) -> None:
         task_id, base = str(task["task_id"]), int(task["base_version"])
         down0 = self.client.bytes_down
         self.status.update(phase="download", task=task_id, version=base, note=None)
@@ -367,10 +384,17 @@ class Worker:
             self.status.update(phase="training")
             meter = auto_meter(self.device)
             meter.start()
+            hooks = self._hooks(task, hp, resume)
+            self.training = True
             try:
-                result = run_task(self.model, self.params, tokens, hp, seed=int(task["seed"]), device=self.device)
+                result = run_task(self.model, self.params, tokens, hp, seed=int(task["seed"]), device=self.device,
+                                  hooks=hooks)
             finally:
+                self.training = False
                 reading = meter.stop()
+            if isinstance(result, Partial):
+                self._pause(task, result)
+                raise Stopped("paused")
             tok_s = result.tokens / max(result.time_s, 1e-9)
             self.status.update(tok_s=tok_s)
             if not all(bool(torch.isfinite(d).all()) for d in result.delta.values()):
@@ -384,6 +408,64 @@ class Worker:
             self.interruptible = True
         if self.stop.is_set():
             raise Stopped("stop after upload")
+
+    # ------------------------------------------------------------------ progress, pause and resume
+    def _hooks(self, task: dict[str, Any], hp: TaskHParams, resume: Partial | None) -> TaskHooks:
+        steps, per_step = hp.steps, hp.batch_size * hp.seq_len
+        t0 = time.monotonic() - (resume.elapsed_s if resume is not None else 0.0)
+        first = resume.step if resume is not None else 0
+
+        def on_step(done: int, loss: float) -> None:
+            rate = (done - first) / max(time.monotonic() - t0 - (resume.elapsed_s if resume else 0.0), 1e-6)
+            self.progress = {"steps_done": done, "steps": steps, "tokens_done": done * per_step,
+                             "eta_s": round((steps - done) / max(rate, 1e-9), 1), "loss": round(loss, 4)}
+            self.status.update(note=f"{100 * done / steps:.0f}% of {task['task_id']}")
+
+        self.progress = {}
+        return TaskHooks(on_step=on_step, should_pause=self.stop.is_set, resume=resume, task_id=task["task_id"])
+
+    def _pause(self, task: dict[str, Any], part: Partial) -> None:
+        """Save a paused task and keep its lease: a restart before the lease expires resumes it."""
+        part.meta = {"run_id": self.run_id, "task": task, "version": self.version}
+        path = self.opts.state_dir / PARTIAL_FILE
+        part.save(path)
+        self._hold(task, keep=True)
+        self.task = None  # not given back on exit
+        hp = task["hparams"]
+        done = part.step * hp["batch_size"] * hp["seq_len"]
+        left = max(0.0, float(task["deadline"]) - time.time())
+        self.status.log(f"stopped: task {task['task_id']} paused at {100 * part.step / hp['steps']:.0f}% "
+                        f"({done:,}/{int(task['tokens']):,} tokens) and saved to {path}; start the worker again "
+                        f"within {left:.0f}s (its lease) to resume it, or it goes to another node")
+
+    def _resume_leftover(self) -> bool:
+        """A task this node paused (or was killed during) is resumed if its lease is still ours. True if so."""
+        path = self.opts.state_dir / PARTIAL_FILE
+        if not path.exists():
+            return False
+        try:
+            part = Partial.load(path)
+        except Exception as exc:  # a torn or foreign file: start fresh
+            self.status.log(f"cannot read {path} ({exc}); starting fresh")
+            path.unlink(missing_ok=True)
+            return False
+        task = part.meta.get("task") or {}
+        if part.meta.get("run_id") != self.run_id or not isinstance(task.get("task_id"), str):
+            path.unlink(missing_ok=True)
+            return False
+        try:
+            reply = self.client.heartbeat(task["task_id"], budget_s=10.0)
+        except (ApiError, Unreachable) as exc:
+            self.status.log(f"task {task['task_id']} cannot be resumed ({exc}): its lease went to another node")
+            path.unlink(missing_ok=True)
+            self._hold(None)
+            return False
+        task = dict(task, deadline=float(reply.get("deadline", task.get("deadline", 0.0))))
+        self.status.log(f"resuming task {task['task_id']} at step {part.step}/{task['hparams']['steps']}")
+        self._hold(task)
+        path.unlink(missing_ok=True)
+        self._do_task(task, resume=part)
+        return True
 
     def _upload(self, task: dict[str, Any], result: Any, tok_s: float, down: int,
                 reading: EnergyReading | None = None) -> None:

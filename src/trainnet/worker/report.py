@@ -89,17 +89,15 @@ def _mean(xs: list[Any]) -> float:
 
 def _save_final_model(cluster: Any, out: Path, info: dict[str, Any], version: int) -> Path:
     """The final published version, downloaded as a worker would (signed manifest, hashed blobs)."""
-    import dataclasses
 
-    from trainnet.model.gpt import GPT, GPTConfig
+    from trainnet.models import ModelConfig, build_model
     from trainnet.train.local import params_of
     from trainnet.worker.client import CoordinatorClient
     from trainnet.worker.store import model_bytes
     from trainnet.worker.versions import VersionFetcher
 
-    names = {f.name for f in dataclasses.fields(GPTConfig)}
-    cfg = GPTConfig(**{k: v for k, v in info["model"].items() if k in names})
-    template = params_of(GPT(cfg))
+    cfg = ModelConfig.from_dict(info["model"])
+    template = params_of(build_model(cfg, seed=0))
     client = CoordinatorClient(cluster.url)
     try:
         params = VersionFetcher(client, template, info.get("signer")).get(version)

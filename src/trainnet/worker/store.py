@@ -13,18 +13,16 @@ everything read back is validated (safetensors only, shapes and finiteness check
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from trainnet.model.gpt import GPTConfig
-from trainnet.model.sample import CONFIG_KEY  # GPTConfig JSON in the safetensors metadata
+from trainnet.models.checkpoint import checkpoint_metadata
+from trainnet.models.config import ModelConfig
 
 ParamDict = dict[str, torch.Tensor]
 MODEL_FILE = "model.safetensors"
@@ -63,11 +61,12 @@ def check_params(params: ParamDict, template: ParamDict, what: str) -> ParamDict
     return out
 
 
-def model_bytes(params: ParamDict, version: int, run_id: str, model_cfg: GPTConfig, chain: int = 0) -> bytes:
-    """A checkpoint `trainnet sample` can read: safetensors with the GPTConfig in the metadata.
+def model_bytes(params: ParamDict, version: int, run_id: str, model_cfg: ModelConfig, chain: int = 0) -> bytes:
+    """A checkpoint `trainnet sample` and `trainnet export` can read: safetensors with the model config in the
+    metadata.
     `chain` counts the fp16 model deltas applied since the last full download (drift bound)."""
-    meta = {CONFIG_KEY: json.dumps(asdict(model_cfg)), "trainnet_version": str(version), "trainnet_run_id": run_id,
-            "trainnet_delta_chain": str(chain)}
+    meta = checkpoint_metadata(model_cfg, trainnet_version=str(version), trainnet_run_id=run_id,
+                               trainnet_delta_chain=str(chain))
     return st_save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}, metadata=meta)
 
 
@@ -79,7 +78,7 @@ class WorkerStore:
         self.max_shards = max_shards
 
     # ------------------------------------------------------------------ model
-    def save_model(self, params: ParamDict, version: int, run_id: str, model_cfg: GPTConfig, chain: int = 0) -> Path:
+    def save_model(self, params: ParamDict, version: int, run_id: str, model_cfg: ModelConfig, chain: int = 0) -> Path:
         path = self.root / MODEL_FILE
         atomic_write(path, model_bytes(params, version, run_id, model_cfg, chain))
         return path

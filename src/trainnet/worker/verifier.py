@@ -35,7 +35,8 @@ import click
 import torch
 from safetensors.torch import load as st_load
 
-from trainnet.model.gpt import GPT, GPTConfig
+from trainnet.data.token_corpus import tokens_from_bytes
+from trainnet.models import ModelConfig, build_model
 from trainnet.protocol import auth
 from trainnet.protocol.messages import TaskSpec
 from trainnet.train.local import params_of
@@ -182,8 +183,7 @@ class VerifierNode:
         """Read the run (GET /v1/info) and register this node's key."""
         self.info = self.client.info()
         torch.manual_seed(0)  # the init is overwritten by each audit's base parameters
-        model = GPT(GPTConfig(**{k: v for k, v in self.info["model"].items()
-                                 if k in {f.name for f in dataclasses.fields(GPTConfig)}}))
+        model = build_model(ModelConfig.from_dict(self.info["model"]))
         self.template = {k: v.detach().clone() for k, v in params_of(model).items()}
         self._model = model
         try:
@@ -268,7 +268,8 @@ class VerifierNode:
         got = hashlib.sha256(data).hexdigest()
         if got != sha256:
             raise ModelFormatError(f"shard {shard_id}: sha256 {got[:12]} != the task's {sha256[:12]}")
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        d = self.info.get("data") or {}
+        return tokens_from_bytes(data, str(d.get("dtype", "uint8")), d.get("vocab_size"))
 
     def _record(self, a: dict[str, Any], passed: bool, detail: dict[str, Any], taken: bool,
                 banned: bool = False) -> dict[str, Any]:

@@ -186,7 +186,11 @@ function renderTable(d) {
     const id = el("td", "mono", c.node_id);
     if (c.device) id.title = "device: " + c.device;
     tr.appendChild(id);
-    tr.appendChild(el("td", "state " + c.state, c.state));
+    const p = c.progress;  // the worker's last report on its running task (heartbeats)
+    const busy = p && p.steps && c.state !== "finished" && c.state !== "gone"
+      ? ` · ${Math.floor(100 * p.steps_done / p.steps)}% of ${p.task_id}` + (p.eta_s != null ? `, ETA ${fmtDur(p.eta_s)}` : "")
+      : "";
+    tr.appendChild(el("td", "state " + c.state, c.state + busy));
     tr.appendChild(el("td", "num", fmtInt(c.tokens)));
     tr.appendChild(el("td", "num", fmtInt(c.accepted)));
     const reasons = Object.entries(c.reject_reasons || {}).map(([r, n]) => `${r} ${n}`).join(", ");
