@@ -13,13 +13,12 @@ LONG_H = 1200  # ~2 s or more per task here: longer than the lease, so only hear
 LEASE_S = 1.2
 
 
-def test_killed_worker_lease_expires_stopped_worker_abandons_and_heartbeats_keep_leases(
-        cluster_factory, wt, tmp_path: Path) -> None:
+def test_killed_worker_lease_expires_and_heartbeats_keep_leases(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=2 * LONG_H * 8 * 32, workers=2, h=LONG_H, quorum=1, lease_s=LEASE_S, grace_s=1.0)
     cl.start_coordinator()
     cl.wait_ready()
     victim, rescuer = cl.workers
-    # 1. SIGKILL mid-task: nobody gives the lease back; it expires and the shard is requeued.
+    # SIGKILL mid-task: nobody gives the lease back; it expires and the shard is requeued.
     victim.start()
     lease_file = cl.worker_dir(0) / "lease.json"
     held = wt.wait_for(lambda: lease_file.exists() and json.loads(lease_file.read_text()), 40,
@@ -29,18 +28,7 @@ def test_killed_worker_lease_expires_stopped_worker_abandons_and_heartbeats_keep
     assert cl.status()["leases_active"] == 1
     st = wt.wait_for(lambda: (s := cl.status())["leases_expired"] >= 1 and s, 15, "the lease to expire")
     assert st["leases_active"] == 0 and st["tokens"] == 0
-    # 2. SIGTERM mid-task: the worker abandons its lease explicitly (no expiry) and exits 0.
-    rescuer.start()
-    lease_file = cl.worker_dir(1) / "lease.json"
-    wt.wait_for(lambda: lease_file.exists(), 40, "the second worker to hold a lease", every=0.02)
-    time.sleep(0.3)
-    rescuer.signal(signal.SIGTERM)
-    rescuer.proc.wait(15)
-    assert rescuer.returncode == 0, wt.dump_logs(cl)
-    assert "abandoned lease" in rescuer.log_path.read_text()
-    st = cl.status()
-    assert st["leases_active"] == 0 and st["leases_expired"] == 1, st
-    # 3. Restarted, it trains the requeued shards; tasks outlast the lease, heartbeats keep them alive.
+    # Another worker trains the whole run; its tasks outlast the lease and heartbeats keep them alive.
     rescuer.start()
     wt.wait_for(lambda: not rescuer.alive, 90, "the second worker to finish the run")
     assert rescuer.returncode == 0, wt.dump_logs(cl)
@@ -49,6 +37,38 @@ def test_killed_worker_lease_expires_stopped_worker_abandons_and_heartbeats_keep
     rows = [r for r in read_task_logs(tmp_path / "workers") if r["worker"] == "w1" and r["accepted"]]
     assert held["shard_id"] in [r["shard_id"] for r in rows]
     assert max(r["train_s"] for r in rows) > LEASE_S  # measured: a task outlived its initial lease
+
+
+def test_stopped_worker_pauses_keeps_its_lease_and_resumes(cluster_factory, wt, tmp_path: Path) -> None:
+    cl = cluster_factory(tokens=LONG_H * 8 * 32, workers=1, h=LONG_H, quorum=1, lease_s=60.0)
+    cl.start_coordinator()
+    cl.wait_ready()
+    (worker,) = cl.workers
+    worker.start()
+    lease_file = cl.worker_dir(0) / "lease.json"
+    wt.wait_for(lambda: lease_file.exists(), 40, "the worker to hold a lease", every=0.02)
+    time.sleep(0.5)
+    # SIGTERM (what Ctrl-C does first) mid-task: the task pauses at its next step and is saved; the lease
+    # is kept (no abandon) and the worker exits 0.
+    worker.signal(signal.SIGTERM)
+    worker.proc.wait(15)
+    assert worker.returncode == 0, wt.dump_logs(cl)
+    log = worker.log_path.read_text()
+    assert "paused at" in log and "abandoned lease" not in log, log
+    paused_task = json.loads(lease_file.read_text())["task_id"]
+    assert (cl.worker_dir(0) / "partial.safetensors").exists()
+    st = cl.status()
+    assert st["leases_active"] == 1 and st["leases_expired"] == 0 and st["updates_accepted"] == 0, st
+    # Restarted within the lease, it resumes the paused task (the same task id, not a new lease).
+    worker.start()
+    wt.wait_for(lambda: not worker.alive, 90, "the worker to finish the run")
+    assert worker.returncode == 0, wt.dump_logs(cl)
+    assert f"resuming task {paused_task}" in worker.log_path.read_text(), wt.dump_logs(cl)
+    st = cl.status()
+    assert st["done"] and st["updates_accepted"] == 1 and st["leases_expired"] == 0, st
+    rows = [r for r in read_task_logs(tmp_path / "workers") if r["accepted"]]
+    assert [r["task_id"] for r in rows] == [paused_task]
+    assert not (cl.worker_dir(0) / "partial.safetensors").exists()
 
 
 def test_worker_rides_out_a_coordinator_restart(cluster_factory, wt, tmp_path: Path) -> None:
