@@ -227,11 +227,18 @@ class Service:
             log.error("reload after a failed commit failed too: %s", load_exc)
             return
         core = Coordinator.from_state(self.ccfg, self.spec.corpus.manifest, self.spec.layout.numel, snap or {})
-        if locked or self.sync:
+
+        def swap() -> None:
+            for node_id, node in core.nodes.items():  # replay protection: a counter seen stays used
+                prev = self.core.nodes.get(node_id)
+                if prev is not None:
+                    node.counter = max(node.counter, prev.counter)
             self.core = core
+        if locked or self.sync:
+            swap()
         else:
             with self.lock:
-                self.core = core
+                swap()
         with self._commit_cv:
             self._committed = self._enqueued = max(self._committed, self._failed_upto, self._enqueued)
 
