@@ -23,6 +23,7 @@ from trainnet.config import RunConfig
 from trainnet.protocol.wire import WireLimits
 from trainnet.server.api import Api
 from trainnet.server.evaluator import Evaluator
+from trainnet.server.integrity import Integrity
 from trainnet.server.limits import ServerLimits
 from trainnet.server.prune import Pruner
 from trainnet.server.runspec import RunSpec
@@ -58,6 +59,7 @@ class Runtime:
     aggregators: list[Aggregator] = field(default_factory=list)
     evaluator: Evaluator | None = None
     pruner: Pruner | None = None
+    integrity: Integrity | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig, state_url: str, blob_url: str, limits: ServerLimits | None = None,
@@ -72,7 +74,7 @@ class Runtime:
         env = shard_env(spec, blobs)
         aggs = [Aggregator(state, env, f"{svc.owner}:agg{i}", spec.ccfg.merge_lease_s) for i in range(aggregators)]
         ev = Evaluator(spec, state, blobs, eval_interval_s) if evaluate else None
-        return cls(svc, api, aggs, ev, Pruner(svc))
+        return cls(svc, api, aggs, ev, Pruner(svc), Integrity(svc))
 
     # ------------------------------------------------------------------ duties (each returns True when busy)
     def tick(self) -> bool:
@@ -95,6 +97,8 @@ class Runtime:
     def housekeeping(self) -> bool:
         self.svc.flush_traffic()
         self.svc.probe()
+        if self.integrity is not None:
+            self.integrity.step()
         if self.pruner is not None:
             self.pruner.step()
         return False
