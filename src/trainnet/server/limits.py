@@ -36,6 +36,7 @@ class ServerLimits:
     max_info_keys: int = 32
     # HTTP connection hygiene (app.py / server.py): a cap on open connections, header and body read timeouts
     max_connections: int = 512
+    max_connections_per_address: int = 256  # 0: no per-address cap (behind a reverse proxy)
     header_timeout_s: float = 10.0
     max_header_bytes: int = 16 << 10  # request line + headers (431 beyond)
     body_timeout_s: float = 120.0
