@@ -1,6 +1,7 @@
 """What only a socket shows (issue 10): slowloris, the connection cap, the body deadline, oversized headers and a
 real process's RSS under unauthenticated 60 MiB POSTs. One `trainnet coordinator` subprocess on loopback with
-short limits (--header-timeout 1 --body-timeout 2 --max-connections 24); everything else is in-process."""
+short limits (--header-timeout 1 --body-timeout 2 --max-connections 24 --max-connections-per-address 16);
+everything else is in-process."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from trainnet.worker.procs import Child, free_port, write_toml
 
-HEADER_S, BODY_S, MAX_CONN = 1.0, 2.0, 24
+HEADER_S, BODY_S, MAX_CONN, PER_ADDRESS = 1.0, 2.0, 24, 16
 MIB = 1 << 20
 
 
@@ -30,7 +31,8 @@ class Coordinator:
         self.child = Child("coordinator", ["coordinator", "--run", str(run), "--state", str(tmp / "state"),
                                            "--port", str(self.port), "--log-level", "warning",
                                            "--header-timeout", str(HEADER_S), "--body-timeout", str(BODY_S),
-                                           "--max-connections", str(MAX_CONN), "--eval-interval", "3600"],
+                                           "--max-connections", str(MAX_CONN), "--max-connections-per-address",
+                                           str(PER_ADDRESS), "--eval-interval", "3600"],
                            tmp / "coordinator.log")
         self.child.start()
         end = time.monotonic() + 90
@@ -80,6 +82,22 @@ def closed_by_server(s: socket.socket, within: float) -> float | None:
     return None
 
 
+def closed_now(socks: list[socket.socket]) -> int:
+    """How many of `socks` the server has closed (checked without waiting)."""
+    n = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            if s.recv(1) == b"":
+                n += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            n += 1
+        s.setblocking(True)
+    return n
+
+
 def read_reply(s: socket.socket, timeout: float) -> bytes:
     """One HTTP reply (head and a Content-Length body), or what came before the server closed / the timeout."""
     s.settimeout(timeout)
@@ -122,15 +140,33 @@ def test_slowloris_sockets_are_dropped_at_the_header_deadline(coord: Coordinator
 
 
 def test_connection_cap_closes_the_excess_and_serves_again(coord: Coordinator) -> None:
-    socks = [coord.connect() for _ in range(MAX_CONN + 12)]
-    quick = [closed_by_server(s, 0.5) for s in socks]
-    refused = sum(1 for w in quick if w is not None)
-    assert refused >= 10, quick  # over the cap: closed at once, before a byte is read
-    later = [closed_by_server(s, HEADER_S + 3.0) if q is None else q for s, q in zip(socks, quick, strict=True)]
-    assert all(w is not None for w in later)  # the idle rest: dropped at the header deadline
+    """16 idle sockets from each of two addresses (32 > the cap of 24): 8 closed at once, the rest at the
+    header deadline; then the coordinator serves again."""
+    socks = [coord.connect() for _ in range(PER_ADDRESS)]
+    for _ in range(PER_ADDRESS):
+        s = socket.socket()
+        s.bind(("127.0.0.3", 0))
+        s.connect(("127.0.0.1", coord.port))
+        socks.append(s)
+    time.sleep(0.3)
+    assert closed_now(socks) == 2 * PER_ADDRESS - MAX_CONN  # over the cap: closed before a byte is read
+    time.sleep(HEADER_S + 1.5)
+    assert closed_now(socks) == len(socks)  # the idle rest: dropped at the header deadline
     for s in socks:
         s.close()
     assert coord.up()
+
+
+def test_one_address_cannot_take_every_connection(coord: Coordinator) -> None:
+    """20 idle sockets from 127.0.0.1: 16 are held (until the header deadline), the rest closed at once; a
+    client from another address (127.0.0.2) is served meanwhile."""
+    socks = [coord.connect() for _ in range(PER_ADDRESS + 4)]
+    time.sleep(0.3)
+    assert closed_now(socks) == 4
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=5) as other:
+        assert other.get(coord.url + "/v1/info").status_code == 200
+    for s in socks:
+        s.close()
 
 
 def test_body_deadline_answers_408(coord: Coordinator) -> None:
