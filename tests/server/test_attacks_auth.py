@@ -140,3 +140,18 @@ def test_proof_of_work_is_required_when_configured() -> None:
     assert refusal(lambda: h.register(n, pow="not-a-solution")).code == "proof_of_work"
     h.register(n, pow=solve_pow(h.run_id, n.public_key, 8))
     assert n.node_id in h.core.nodes
+
+
+def test_identities_from_one_ipv6_subnet_share_one_budget() -> None:
+    """A subscriber's /64 holds 2^64 addresses: counted per address, the registration limit would not bind."""
+    h = Harness.open(limits=server_limits(register_per_ip_per_min=30.0))
+    codes = {}
+    for i in range(100):
+        try:
+            h.node(client=f"2001:db8:0:7::{i + 1:x}")
+            codes["ok"] = codes.get("ok", 0) + 1
+        except Exception as exc:  # ApiError
+            codes[exc.code] = codes.get(exc.code, 0) + 1
+    assert codes == {"ok": 30, "rate_limited": 70}
+    h.node(client="2001:db8:0:8::1")  # the next /64 has its own budget
+    h.node(client="::ffff:198.51.100.20")  # an IPv4-mapped address counts as its IPv4 address
