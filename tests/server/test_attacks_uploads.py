@@ -178,3 +178,30 @@ def test_honest_node_is_unaffected_and_replay_of_its_upload_is_refused(world: di
     assert reply["accepted"], reply
     _refused_cleanly(world, lambda: h.upload(n, task, body), 409, "replay")
     assert h.core.nodes[n.node_id].updates_accepted == 1 and not h.core.nodes[n.node_id].banned
+
+
+def test_refused_upload_racing_the_pruner_gets_its_own_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused upload deletes its blob while the pruner deletes the last other blob of updates/ and removes
+    the then empty folder (seen as '503 server_error' for a wrong-codec upload in the bench): the upload must
+    still get its 422."""
+    from trainnet.store import blob_fs
+
+    h = Harness.open(tmp_path)
+    n = h.node()
+    task = h.lease(n)
+    body = h.encode(n, task | {"codec": "topk:0.01+q4"}, h.honest_delta(task), keep=False)
+    h.svc.blobs.put("updates/zz-merged-by-someone.tnup", b"x")
+    assert sorted(h.svc.blobs.list("updates/")) == ["updates/zz-merged-by-someone.tnup"]
+    real = blob_fs._fsync_dir
+    raced = []
+
+    def fsync_dir(path: Path) -> None:
+        if not raced and path.name == "updates" and [p.name for p in path.iterdir()] == ["zz-merged-by-someone.tnup"]:
+            # our blob is unlinked, its folder not yet synced: the pruner's delete of the last other blob runs now
+            raced.append(path)
+            h.svc.blobs.delete("updates/zz-merged-by-someone.tnup")
+        real(path)
+    monkeypatch.setattr(blob_fs, "_fsync_dir", fsync_dir)
+    err = refusal(lambda: h.upload(n, task, body))
+    assert (err.status, err.code) == (422, "bad_payload") and raced
+    assert not (tmp_path / "blobs" / "updates").exists()
