@@ -174,3 +174,28 @@ def test_request_refused_by_a_full_disk_cannot_be_replayed_after_recovery() -> N
     assert (err.status, err.code) == (401, "replay")
     assert not h.core.leases
     assert h.lease(n)  # the node itself goes on with fresh counters
+
+
+def test_a_write_whose_commit_failed_is_never_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threaded pipeline: a request that starts waiting only after its batch failed (and the engine was
+    reloaded) must still get Unavailable, not an acknowledgement of a write that is not stored."""
+    store = FullDisk()
+    h = Harness.open(state=store)
+    n = h.node()
+    h.svc.sync = False
+    h.svc.start([])
+    real_wait = h.svc._wait
+
+    def late_wait(seq: int) -> None:  # this request thread is slow: the committer fails and reloads first
+        end = time.monotonic() + 10
+        while (h.svc.degraded is None or h.svc._committed < seq) and time.monotonic() < end:
+            time.sleep(0.005)
+        real_wait(seq)
+    monkeypatch.setattr(h.svc, "_wait", late_wait)
+    store.full = True
+    try:
+        with pytest.raises(Unavailable):
+            h.lease(n)
+        assert not (store.load_state()["docs"].get("leases") or {})
+    finally:
+        h.svc.close()
