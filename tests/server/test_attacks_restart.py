@@ -37,6 +37,8 @@ def merged_once(root: Path) -> tuple[Harness, list[Any]]:
         h.upload(n, task, h.honest_update(n, task))
     h.drain()
     assert h.core.version == 1
+    results = [t["result"] for j in ("j0000000", "j0000001") for t in h.svc.state.merge_tasks(j)]
+    assert results and not any(r.get("recovered") for r in results)  # intact state: no fallback taken
     return h, nodes
 
 
