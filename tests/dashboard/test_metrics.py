@@ -6,8 +6,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def _samples(url: str) -> dict[tuple[str, tuple], float]:
-    r = httpx.get(url + "/metrics")
+def _samples(url: str, token: str | None = None) -> dict[tuple[str, tuple], float]:
+    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     out = {}
     for fam in text_string_to_metric_families(r.text):
@@ -27,8 +27,11 @@ def test_metrics_match_status(live):
     assert m[("trainnet_nodes", (("state", "active"),))] >= 2
     assert m[("trainnet_bytes_received_total", ())] >= m[("trainnet_bytes_received_accepted_total", ())] > 0
     assert m[("trainnet_energy_joules_total", (("kind", "estimate"),))] > 0
+    # per-node series name every node: the operator's scrape only
+    assert not any(name.startswith("trainnet_node_") for name, _ in m)
+    private = _samples(live.url, live.server.token)
     for c in live.clients:
-        assert m[("trainnet_node_tokens_total", (("node", c.node_id),))] > 0
+        assert private[("trainnet_node_tokens_total", (("node", c.node_id),))] > 0
     # Counters only grow: another round of uploads moves them.
     live.step(2)
     m2 = _samples(live.url)

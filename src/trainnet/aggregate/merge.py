@@ -18,6 +18,7 @@ and, every `full_every` versions, full checkpoint chunks (bf16; the first and th
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ import torch
 from trainnet.aggregate import keys
 from trainnet.aggregate.arrays import F32Sink, Spool, bf16_bytes, f32_bytes, read_f32
 from trainnet.aggregate.layout import ParamDict, ParamLayout, chunk_size, chunks
+from trainnet.aggregate.publish import Reconstructor
+from trainnet.aggregate.shard_state import load_sources, write_sums
 from trainnet.aggregate.updates import Invalid, OpenUpdate
 from trainnet.codec.spec import parse_codec
 from trainnet.consensus.robust import parse_rule
@@ -205,7 +208,7 @@ class _Publisher:
 
 
 def _apply(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
-    lo, hi, shard, vf = spec["lo"], spec["hi"], spec["shard"], spec["version_from"]
+    lo, hi, shard = spec["lo"], spec["hi"], spec["shard"]
     plan = spec["plan"] or {"dense": False, "inner": "mean", "beta": 0.0, "valid": [], "row_scale": [],
                             "weights": []}
     valid = plan["valid"]
@@ -213,21 +216,25 @@ def _apply(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
     if bad:  # the stats phase accepted them: something changed underneath (a blob overwritten or lost)
         raise MergeError(f"updates failed validation after the stats phase: "
                          f"{ {spec['updates'][i]['task_id']: e.reason for i, e in bad.items()} }")
-    for what in ("theta", "mom"):
-        if env.blobs.size(keys.agg(shard, vf, what)) != 4 * (hi - lo):
-            raise MergeError(f"shard state {keys.agg(shard, vf, what)} is missing or has the wrong size")
+    try:  # version_from's state, checked against its checksums, with fallbacks (shard_state.py)
+        src = load_sources(env.blobs, spec, lambda: _rebuild_pub(spec, env))
+    except LookupError as exc:
+        raise MergeError(str(exc)) from None
     outer, damping = spec["outer"], float(spec["damping"])
     lr, mu, nesterov = float(outer["lr"]), float(outer["momentum"]), bool(outer["nesterov"])
     theta_out = F32Sink(env.blobs, keys.agg(shard, spec["version_to"], "theta"))
     mom_out = F32Sink(env.blobs, keys.agg(shard, spec["version_to"], "mom"))
-    pub = _Publisher(spec, env)
+    # Without a usable published state of version_from there is nothing to publish a delta against: this
+    # version goes out exactly, in full (workers download it whole).
+    pub = _Publisher(spec if src.pub is not None else spec | {"publish": spec["publish"] | {"exact": True,
+                                                                                            "full": True}}, env)
     bases = _Bases(spec, env)
     base_of = {i: spec["updates"][i]["base_version"] for i in valid}
     dense = _dense_merge(spec, env, opened, bases, plan) if plan["dense"] and valid else None
     c = chunk_size(max(1, len(valid)), spec["block"], env.budget_elems)
     for a, b in chunks(lo, hi, c):
-        theta = read_f32(env.blobs, keys.agg(shard, vf, "theta"), a - lo, b - lo)
-        mom = read_f32(env.blobs, keys.agg(shard, vf, "mom"), a - lo, b - lo)
+        theta = read_f32(env.blobs, src.theta, a - lo, b - lo)
+        mom = read_f32(env.blobs, src.mom, a - lo, b - lo) if src.mom is not None else torch.zeros(b - a)
         if spec["kind"] == "final" or not valid:
             new = theta
         else:
@@ -248,10 +255,19 @@ def _apply(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
             raise MergeError(f"non-finite parameters after the outer step in [{a}, {b})")
         theta_out.write_tensor(new)
         mom_out.write_tensor(mom)
-        old = None if pub.exact else read_f32(env.blobs, keys.agg(shard, vf, "pub"), a - lo, b - lo)
+        old = None if pub.exact else read_f32(env.blobs, src.pub, a - lo, b - lo)
         pub.add(new, old)
     out = {"shard": shard, "lo": lo, "hi": hi, "theta": theta_out.close(), "mom": mom_out.close()}
-    return out | pub.close()
+    out |= pub.close()
+    write_sums(env.blobs, shard, spec["version_to"], {w: out[w] for w in ("theta", "mom", "pub")})
+    return out | ({"recovered": src.recovered} if src.recovered else {})
+
+
+def _rebuild_pub(spec: dict[str, Any], env: ShardEnv) -> torch.Tensor:
+    """This shard's range of the published reconstruction of version_from, from the version manifests (every
+    blob checked against its sha256). Holds the whole model once: a recovery path, not the merge path."""
+    r = Reconstructor(lambda v: json.loads(env.blobs.get(keys.manifest(v))), env.blobs.get, env.layout.numel)
+    return r.get(spec["version_from"])[spec["lo"]:spec["hi"]].contiguous()
 
 
 def _dense_merge(spec: dict[str, Any], env: ShardEnv, opened: dict[int, OpenUpdate], bases: _Bases,
@@ -289,4 +305,6 @@ def _init(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
         theta_out.write_tensor(x)
         mom_out.write_tensor(torch.zeros_like(x))
         pub.add(x, None)
-    return {"shard": shard, "lo": lo, "hi": hi, "theta": theta_out.close(), "mom": mom_out.close()} | pub.close()
+    out = {"shard": shard, "lo": lo, "hi": hi, "theta": theta_out.close(), "mom": mom_out.close()} | pub.close()
+    write_sums(env.blobs, shard, 0, {w: out[w] for w in ("theta", "mom", "pub")})
+    return out

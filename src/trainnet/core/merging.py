@@ -9,7 +9,8 @@ A job's phases: "stats" (each aggregator shard validates its slice of every upda
 the model's shapes, and measures per-block sums of squares), then "apply" (each shard aggregates its slice with
 the decided row scales and weights and takes the outer step), then the shell writes the signed version
 manifest and reports it. Kinds: "init" (version 0, the model's initial weights), "warm_start" (one long
-single-node task applied as is), "merge", and "final" (re-publishes the last model exactly, closing the run).
+single-node task applied as is), "merge", "final" (re-publishes the last model exactly, closing the run) and
+"republish" (the same without closing it: the latest version's published blobs were found corrupt).
 Only one job is in flight at a time (the outer optimizer is sequential); updates that arrive meanwhile wait.
 """
 
@@ -22,7 +23,8 @@ from trainnet.consensus.plan import plan_merge
 from trainnet.consensus.staleness import staleness_weight
 from trainnet.core.records import MergeJob, Pending
 
-INIT, MERGE, WARM, FINAL = "init", "merge", "warm_start", "final"
+INIT, MERGE, WARM, FINAL, REPUBLISH = "init", "merge", "warm_start", "final", "republish"
+EXACT = (INIT, FINAL, REPUBLISH)  # published exactly (fp32), in full
 BLOCK = 1 << 20  # parameters per statistics block: per-block partial sums make 1-shard and N-shard merges agree
 
 
@@ -61,6 +63,15 @@ class MergeMixin:
             self._start_merge(now)
         elif self.closed and not self.buffer:
             self._new_job(FINAL, [], [], 1.0, now, phase="apply")
+
+    def republish(self, now: float) -> bool:
+        """The latest version cannot be rebuilt from the published blobs (one is corrupt or truncated): publish
+        the aggregators' state of it again, exactly and in full, as the next version (no outer step). False
+        when a job is in flight (it publishes a version of its own: check that one) or the run is done."""
+        if self.jobs or self.done or not self.published:
+            return False
+        self._new_job(REPUBLISH, [], [], 1.0, now, phase="apply")
+        return True
 
     def _start_merge(self, now: float, kind: str = MERGE) -> None:
         c = self.cfg
@@ -106,7 +117,7 @@ class MergeMixin:
         ranges = shard_ranges(self.num_params, c.shards, c.block)
         lo, hi = ranges[shard]
         version_to = job.version_from + 1
-        full = job.kind in (INIT, FINAL) or (c.full_every > 0 and version_to % c.full_every == 0)
+        full = job.kind in EXACT or (c.full_every > 0 and version_to % c.full_every == 0)
         return {
             "run_id": c.run_id, "job_id": job.job_id, "kind": job.kind, "phase": job.phase,
             "version_from": job.version_from, "version_to": version_to, "shard": shard, "shards": len(ranges),
@@ -119,7 +130,7 @@ class MergeMixin:
             "stale_mode": c.stale_mode, "max_staleness": c.max_staleness, "plan": job.plan,
             "outer": {"lr": 1.0 if job.kind == WARM else c.outer_lr,
                       "momentum": 0.0 if job.kind == WARM else c.outer_momentum, "nesterov": c.nesterov},
-            "publish": {"codec": c.publish_codec, "full": full, "exact": job.kind in (INIT, FINAL)},
+            "publish": {"codec": c.publish_codec, "full": full, "exact": job.kind in EXACT},
         }
 
     # ------------------------------------------------------------------ results from the data plane
@@ -181,7 +192,8 @@ class MergeMixin:
             if job.kind in (MERGE, WARM):
                 self.outer_steps += 1
                 self.updates_merged += len(valid)
-            kind = {MERGE: "aggregated", WARM: "warm_start_applied", FINAL: "final_published"}[job.kind]
+            kind = {MERGE: "aggregated", WARM: "warm_start_applied", FINAL: "final_published",
+                    REPUBLISH: "version_republished"}[job.kind]
         self.last_version_at = now
         for i in valid:
             u = job.updates[i]

@@ -4,7 +4,8 @@
     text = render(registry)          # Prometheus text exposition format, for GET /metrics
 
 A private `CollectorRegistry` per app (no process-global state), so several coordinators or tests in one
-process do not collide. Counters are `_total`; per-node series are labelled with `node`.
+process do not collide. Counters are `_total`; per-node series are labelled with `node` and only made with
+`per_node=True` (the coordinator serves them to the operator only: they name every node).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class RunCollector:
     """A prometheus_client custom collector over `view_fn()` (a dashboard view dict)."""
 
-    def __init__(self, view_fn: Callable[[], dict[str, Any]]) -> None:
-        self.view_fn = view_fn
+    def __init__(self, view_fn: Callable[[], dict[str, Any]], per_node: bool = True) -> None:
+        self.view_fn, self.per_node = view_fn, per_node
 
     def describe(self) -> list[Metric]:
         return []  # metrics are only known at scrape time
@@ -79,6 +80,8 @@ class RunCollector:
         energy.add_metric(["measured"], float(e["measured_joules"]))
         energy.add_metric(["estimate"], float(e["estimated_joules"]))
         yield energy
+        if not self.per_node:  # public scrape: aggregates only, label sets bounded whatever the swarm size
+            return
         ntok = CounterMetricFamily("trainnet_node_tokens", "Accepted tokens per node", labels=["node"])
         nacc = CounterMetricFamily("trainnet_node_updates_accepted", "Accepted updates per node", labels=["node"])
         nrej = CounterMetricFamily("trainnet_node_updates_rejected", "Rejected updates per node", labels=["node"])
@@ -93,9 +96,9 @@ class RunCollector:
         yield from (ntok, nacc, nrej, nen)
 
 
-def make_registry(view_fn: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def make_registry(view_fn: Callable[[], dict[str, Any]], per_node: bool = True) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunCollector(view_fn))
+    registry.register(RunCollector(view_fn, per_node))
     return registry
 
 

@@ -89,6 +89,9 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 def create_app(rt: Runtime) -> FastAPI:
     api, svc = rt.api, rt.svc
     lim = svc.limits
+    # A JSON body (16 KiB at most) gets the header deadline, not the upload's: otherwise a client trickling
+    # /v1/register bodies holds a connection slot for body_timeout_s (120 s) per request.
+    json_s = min(lim.body_timeout_s, lim.header_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,7 +126,7 @@ def create_app(rt: Runtime) -> FastAPI:
     async def signed_json(request: Request, path: str, handler: Callable[..., dict]) -> dict:
         now = time.time()
         caller = await run_in_threadpool(api.auth.caller, request.headers, request.method, path, now)
-        body = await read_body(request, lim.max_json_bytes, lim.body_timeout_s)
+        body = await read_body(request, lim.max_json_bytes, json_s)
         api.auth.check_body(caller, body)
         return await run_in_threadpool(handler, caller, body, now)
 
@@ -139,7 +142,7 @@ def create_app(rt: Runtime) -> FastAPI:
     async def register(request: Request) -> Response:
         async def run() -> dict:
             ip_limit(request)
-            body = await read_body(request, lim.max_json_bytes, lim.body_timeout_s)
+            body = await read_body(request, lim.max_json_bytes, json_s)
             return await run_in_threadpool(api.register, request.headers, body, client(request), time.time())
         return await guarded(request, run)
 
@@ -170,7 +173,7 @@ def create_app(rt: Runtime) -> FastAPI:
             now = time.time()
             caller = await run_in_threadpool(api.auth.caller, request.headers, "POST",
                                              f"/v1/update/{task_id}/commit", now)
-            body = await read_body(request, lim.max_json_bytes, lim.body_timeout_s)
+            body = await read_body(request, lim.max_json_bytes, json_s)
             api.auth.check_body(caller, body)
             meta = _json_object(body)
             return await run_in_threadpool(api.uploads.commit, caller, task_id, meta,
@@ -268,7 +271,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
             ip_limit(request)
             api.require_operator(request.headers)
-            d = parse_json_object(await read_body(request, lim.max_json_bytes, lim.body_timeout_s),
+            d = parse_json_object(await read_body(request, lim.max_json_bytes, json_s),
                                   {"max_keys": int}, {"label": str}, lim.max_string)
             return await run_in_threadpool(api.issue_token, d["max_keys"], d.get("label") or "")
         return await guarded(request, run)

@@ -4,7 +4,7 @@
 
 The dashboard's JSON has per-node detail, so it is the operator's view: it needs the operator token (the
 coordinator prints the dashboard URL with it at start). /metrics carries aggregates only, with bounded label
-sets (reasons, kinds), never one series per node.
+sets (reasons, kinds), never one series per node; the per-node series are the operator's (with the token).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def add_views(app: FastAPI, rt: Any, guarded: Callable, ip_limit: Callable[[Requ
     def view() -> dict[str, Any]:
         return run_view(rt.svc.state, time.time(), service_snapshot(rt.svc))
 
-    registry = make_registry(lambda: view())
+    public, operator = make_registry(view, per_node=False), make_registry(view, per_node=True)
 
     @app.get("/v1/dashboard")
     async def dashboard_json(request: Request, token: str | None = None) -> Response:
@@ -38,9 +38,10 @@ def add_views(app: FastAPI, rt: Any, guarded: Callable, ip_limit: Callable[[Requ
         return await guarded(request, run)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
+    async def metrics(request: Request, token: str | None = None) -> Response:
         async def run() -> Response:
             ip_limit(request)
+            registry = operator if api.is_operator(request.headers, token) else public
             return Response(await run_in_threadpool(render, registry), media_type=CONTENT_TYPE)
         return await guarded(request, run)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,20 @@ from dataclasses import dataclass
 from trainnet.protocol.auth import SignedRequest, parse_signed, verify_request
 from trainnet.server.limits import ApiError, RateLimiter
 from trainnet.server.service import Service
+
+
+def address_key(address: str) -> str:
+    """What per-address limits count by: an IPv4 address, or the /64 an IPv6 address is in (one subscriber
+    gets a whole /64, so counting single IPv6 addresses would let one machine register without bound)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)
@@ -51,10 +66,10 @@ class Authenticator:
                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     def ip(self, address: str, now: float) -> None:
-        self._limited(self.ip_rate, "ip:" + address, now, "requests from this address")
+        self._limited(self.ip_rate, "ip:" + address_key(address), now, "requests from this address")
 
     def registration(self, address: str, now: float) -> None:
-        self._limited(self.register_rate, "reg:" + address, now, "new identities from this address")
+        self._limited(self.register_rate, "reg:" + address_key(address), now, "new identities from this address")
 
     def caller(self, headers: Mapping[str, str], method: str, path: str, now: float) -> Caller:
         parsed = parse_signed(headers)

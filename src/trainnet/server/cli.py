@@ -78,9 +78,18 @@ def _config(run_path: str, overrides: tuple[str, ...], extra: list[str] = ()):
               help="With --verifiers nodes: file of the verifier nodes' public keys (hex) or node ids.")
 @click.option("--eval-interval", default=2.0, show_default=True, type=float,
               help="Seconds between held-out evaluations of new model versions.")
+@click.option("--max-connections", default=512, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Open connections at most; more are closed before a byte is read.")
+@click.option("--max-connections-per-address", default=256, show_default=True, type=click.IntRange(0, 1_000_000),
+              help="Open connections from one client address at most (0: no limit; behind a proxy).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a client has to send a request's line and headers (slowloris).")
+@click.option("--body-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a client has to send a request's body.")
 def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, port, join_token, join_token_max_keys,
                     operator_token, register_pow_bits, register_per_ip, ip_rate, overrides, rate, burst, keep_versions, log_level, verify_rate,
-                    rule, verify_device, verifiers, verifier_keys, eval_interval):
+                    rule, verify_device, verifiers, verifier_keys, eval_interval, max_connections=512,
+                    max_connections_per_address=256, header_timeout=10.0, body_timeout=120.0):
     """Run the coordinator's HTTP server (protocol 2.0)."""
     from trainnet.server.limits import ServerLimits
     from trainnet.server.serve import serve
@@ -100,6 +109,9 @@ def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, p
                           operator_token=operator_token, join_token=join_token,
                           join_token_max_keys=join_token_max_keys, register_pow_bits=register_pow_bits,
                           register_per_ip_per_min=register_per_ip, ip_rate_per_s=ip_rate)
+    limits.max_connections, limits.header_timeout_s, limits.body_timeout_s = \
+        max_connections, header_timeout, body_timeout
+    limits.max_connections_per_address = max_connections_per_address
     try:
         serve(cfg, Path(state_dir) if state_dir else None, host, port, limits, log_level, eval_interval, db, blobs,
               aggregators, echo=lambda *a, **k: click.echo(*a))

@@ -36,7 +36,9 @@ class ServerLimits:
     max_info_keys: int = 32
     # HTTP connection hygiene (app.py / server.py): a cap on open connections, header and body read timeouts
     max_connections: int = 512
+    max_connections_per_address: int = 256  # 0: no per-address cap (behind a reverse proxy)
     header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 << 10  # request line + headers (431 beyond)
     body_timeout_s: float = 120.0
     presign_s: float = 3600.0  # lifetime of presigned upload/download URLs
     keep_versions: int = 16  # published versions kept (besides those open leases and audits need)

@@ -52,6 +52,7 @@ class Pruner:
         for v in range(self.pub_below, max(0, version - c.max_staleness - 1)):
             for s in range(shards):
                 self._delete(keys.agg(s, v, "pub"))
+                self._delete(keys.agg(s, v, "sums"))
         self.pub_below = max(self.pub_below, version - c.max_staleness - 1)
         self._prune_versions(min(need, version - svc.limits.keep_versions))
         self._prune_updates()

@@ -23,6 +23,7 @@ from trainnet.config import RunConfig
 from trainnet.protocol.wire import WireLimits
 from trainnet.server.api import Api
 from trainnet.server.evaluator import Evaluator
+from trainnet.server.integrity import Integrity
 from trainnet.server.limits import ServerLimits
 from trainnet.server.prune import Pruner
 from trainnet.server.runspec import RunSpec
@@ -60,6 +61,7 @@ class Runtime:
     evaluator: Evaluator | None = None
     pruner: Pruner | None = None
     pool: Any = None  # DataPlanePool: tensor work in its own process(es), off the control plane's interpreter
+    integrity: Integrity | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig, state_url: str, blob_url: str, limits: ServerLimits | None = None,
@@ -88,7 +90,7 @@ class Runtime:
                 for i in range(aggregators)]
         ev = Evaluator(spec, state, blobs, eval_interval_s, compute=pool.evaluate if pool else None) \
             if evaluate else None
-        return cls(svc, api, aggs, ev, Pruner(svc), pool)
+        return cls(svc, api, aggs, ev, Pruner(svc), pool, Integrity(svc))
 
     # ------------------------------------------------------------------ duties (each returns True when busy)
     def tick(self) -> bool:
@@ -111,6 +113,8 @@ class Runtime:
     def housekeeping(self) -> bool:
         self.svc.flush_traffic()
         self.svc.probe()
+        if self.integrity is not None:
+            self.integrity.step()
         if self.pruner is not None:
             self.pruner.step()
         return False

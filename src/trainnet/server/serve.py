@@ -47,8 +47,10 @@ def serve(cfg: RunConfig, state_dir: Path | None = None, host: str = "127.0.0.1"
     app = create_app(rt)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_keep_alive=15, timeout_graceful_shutdown=10,
-                            http=guarded_h11(limits.max_connections, limits.header_timeout_s),
-                            limit_concurrency=limits.max_connections, h11_max_incomplete_event_size=16 * 1024)
+                            http=guarded_h11(limits.max_connections, limits.header_timeout_s, limits.max_header_bytes,
+                                             limits.max_connections_per_address),
+                            limit_concurrency=limits.max_connections,
+                            h11_max_incomplete_event_size=limits.max_header_bytes)
     server = uvicorn.Server(config)
 
     def announce() -> None:  # once the socket listens: where to look, with the operator's token

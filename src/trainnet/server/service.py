@@ -71,8 +71,8 @@ class Service:
         self._commit_cv = threading.Condition()
         self._queue: list[tuple[int, Changes]] = []
         self._enqueued = 0  # sequence number of the last step with changes
-        self._committed = 0
-        self._failed_upto = 0  # steps up to this sequence number failed to commit
+        self._committed = 0  # every step up to this sequence number has its outcome: stored, or failed
+        self._failed: list[tuple[int, int]] = []  # (lo, hi]: steps whose commit failed (the last 64 ranges)
         self.degraded: str | None = None
         self.commit_ms: list[float] = []  # recent commit durations (the load benchmark reads them)
         self.commit_rows: list[int] = []
@@ -163,18 +163,13 @@ class Service:
         return out
 
     def _wait(self, seq: int) -> None:
-        if self.sync or seq <= self._committed:
-            if seq <= self._failed_upto and seq > self._committed_ok_floor():
-                raise Unavailable("the state store refused the write; retry later")
-            return
-        with self._commit_cv:
-            while self._committed < seq and self._failed_upto < seq and not self._stop.is_set():
-                self._commit_cv.wait(1.0)
-            if self._committed < seq:
-                raise Unavailable(f"the state store refused the write ({self.degraded or 'stopping'}); retry later")
-
-    def _committed_ok_floor(self) -> int:
-        return self._committed
+        """Return once step `seq` (and every earlier one) is stored; Unavailable if its commit failed."""
+        if not self.sync and seq > self._committed:
+            with self._commit_cv:
+                while self._committed < seq and not self._stop.is_set():
+                    self._commit_cv.wait(1.0)
+        if seq > self._committed or any(lo < seq <= hi for lo, hi in self._failed):
+            raise Unavailable(f"the state store refused the write ({self.degraded or 'stopping'}); retry later")
 
     def _commit_now(self, batch: list[Changes]) -> None:
         """Commit a batch synchronously (sync mode); on failure reload the engine and raise Unavailable."""
@@ -213,7 +208,9 @@ class Service:
                 with self.lock:  # nothing else touches the engine while it is rebuilt
                     with self._commit_cv:
                         rest, self._queue = self._queue, []
-                        self._failed_upto = max(upto, rest[-1][0] if rest else upto)
+                        hi = max(upto, rest[-1][0] if rest else upto)
+                        self._failed = (self._failed + [(batch[0][0] - 1, hi)])[-64:]
+                        self._committed = hi  # decided: failed (a waiter checks _failed, whenever it looks)
                         self._commit_cv.notify_all()
                     self._degrade(exc, locked=True)
                 continue
@@ -231,13 +228,21 @@ class Service:
             log.error("reload after a failed commit failed too: %s", load_exc)
             return
         core = Coordinator.from_state(self.ccfg, self.spec.corpus.manifest, self.spec.layout.numel, snap or {})
-        if locked or self.sync:
+
+        def swap() -> None:
+            for node_id, node in core.nodes.items():  # replay protection: a counter seen stays used
+                prev = self.core.nodes.get(node_id)
+                if prev is not None:
+                    node.counter = max(node.counter, prev.counter)
             self.core = core
+        if locked or self.sync:
+            swap()
         else:
             with self.lock:
-                self.core = core
+                swap()
         with self._commit_cv:
-            self._committed = self._enqueued = max(self._committed, self._failed_upto, self._enqueued)
+            # the reloaded engine is a step of its own, stored: reads from here on see no failed step
+            self._committed = self._enqueued = max(self._committed, self._enqueued) + 1
 
     def probe(self) -> bool:
         """While degraded: is the store writable again? Clears the degraded mode when it is."""

@@ -30,7 +30,7 @@ from trainnet.protocol.messages import SubmitReply, UpdateSubmission
 from trainnet.protocol.wire import PREFIX, WireFormatError, WireLimits, parse_header, parse_prefix
 from trainnet.server.auth import Caller
 from trainnet.server.limits import ApiError
-from trainnet.server.service import Service
+from trainnet.server.service import Service, Unavailable
 
 DIGEST_CHARS = frozenset("0123456789abcdef")
 # Core reject reasons -> HTTP status (docs/PROTOCOL.md, "HTTP API").
@@ -126,6 +126,8 @@ class Uploads:
         if not is_id(task_id):
             raise ApiError(404, "unknown_task", "task ids are 1-64 characters of A-Z a-z 0-9 _ -")
         svc = self.svc
+        if svc.degraded is not None:  # the submit could not be stored: refuse before a byte of the body is read
+            raise Unavailable(f"the state store refuses writes ({svc.degraded}); retry later")
         with svc.lock:
             core = svc.core
             node = core.nodes[caller.node_id]
@@ -193,6 +195,10 @@ class Uploads:
             return self._submit(caller, t.task_id, meta, update_sig, now, key=t.key)
         except ApiError:
             self.svc.blobs.delete(t.key)
+            raise
+        except Unavailable:
+            if self.svc.degraded is not None:  # the commit failed: nothing refers to the bytes
+                self.svc.blobs.delete(t.key)
             raise
 
     # ------------------------------------------------------------------ presigned upload

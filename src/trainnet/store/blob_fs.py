@@ -189,7 +189,10 @@ class FsBlobStore(BlobStore):
         except OSError as exc:
             raise BlobUnavailable(f"filesystem blob store {self.root}: cannot delete {key!r}: "
                                   f"{_errno_name(exc)}") from exc
-        _fsync_dir(path.parent)
+        try:
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            return  # a concurrent delete emptied and pruned the folder: nothing left to sync or prune
         self._prune(path.parent)
 
     def _prune(self, folder: Path) -> None:
