@@ -203,16 +203,24 @@ class AuditApi:
         except WireFormatError as exc:
             raise ApiError(409, "unknown_audit", f"the stored update is unreadable: {exc}") from None
 
+    def _inline(self) -> Recomputer:
+        if self._recomputer is None:
+            c = self.svc.spec.cfg.consensus
+            self._recomputer = Recomputer(self.svc.spec, self.svc.blobs, self.svc.ccfg.codec,
+                                          (c.verify_rel_error, c.verify_min_cosine), self.svc.limits.verify_device)
+        return self._recomputer
+
+    def base_params(self, version: int) -> ParamDict:
+        """A published version's parameters, rebuilt from the signed manifests (what a verifier trains from)."""
+        return self._inline().base_params(version)
+
     def recompute(self, a: Any) -> tuple[bool, dict[str, Any], int]:
         """In the data-plane pool when there is one; inline otherwise (the simulator)."""
-        c = self.svc.spec.cfg.consensus
-        tol = (c.verify_rel_error, c.verify_min_cosine)
         if self.pool is not None:
-            return self.pool.recompute(a.to_doc(), self.svc.ccfg.codec, tol, self.svc.limits.verify_device)
-        if self._recomputer is None:
-            self._recomputer = Recomputer(self.svc.spec, self.svc.blobs, self.svc.ccfg.codec, tol,
-                                          self.svc.limits.verify_device)
-        return self._recomputer.recompute(a)
+            c = self.svc.spec.cfg.consensus
+            return self.pool.recompute(a.to_doc(), self.svc.ccfg.codec, (c.verify_rel_error, c.verify_min_cosine),
+                                       self.svc.limits.verify_device)
+        return self._inline().recompute(a)
 
     def verify_once(self, now: float) -> bool:
         """Claim one ready audit as the coordinator, recompute it off the lock, report the verdict."""
