@@ -71,14 +71,31 @@ def test_stopped_worker_pauses_keeps_its_lease_and_resumes(cluster_factory, wt, 
     assert not (cl.worker_dir(0) / "partial.safetensors").exists()
 
 
+def children_of(pid: int) -> list[int]:
+    """Live child processes of `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_worker_rides_out_a_coordinator_restart(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=50 * 5 * 8 * 32, workers=2)
     cl.start_coordinator()
     cl.wait_ready()
     cl.start_workers()
     wt.wait_for(lambda: cl.status()["updates_accepted"] >= 3, 40, "a few accepted updates")
+    pool = children_of(cl.coordinator.proc.pid)
+    assert pool, "the coordinator runs its data plane in child processes"
     cl.coordinator.signal(signal.SIGKILL)
     cl.coordinator.proc.wait(5)
+    # Its data-plane children follow it (they would otherwise hold the model in memory forever).
+    wt.wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pool), 10, "the pool children to exit")
     time.sleep(1.5)  # workers now hit connection errors and back off
     assert all(w.alive for w in cl.workers), wt.dump_logs(cl)
     cl.start_coordinator()

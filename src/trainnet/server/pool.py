@@ -16,12 +16,25 @@ processes: nothing from the network is unpickled).
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from trainnet.config import RunConfig
 
 _STATE: dict[str, Any] = {}
+
+
+def _exit_with_parent() -> None:
+    """A child outlives a SIGKILLed coordinator otherwise: its task queue's pipe never reaches EOF (the child
+    holds both ends), so it would wait on it forever, holding the model in memory. The parent's sentinel (a
+    pipe only the parent holds open) becomes readable when the parent dies, however it died."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
 
 
 def _init(cfg: RunConfig, blob_url: str, threads: int) -> None:
@@ -31,6 +44,7 @@ def _init(cfg: RunConfig, blob_url: str, threads: int) -> None:
     from trainnet.server.runtime import shard_env
     from trainnet.store.blobs import open_blob_store
 
+    threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
     if threads:
         torch.set_num_threads(threads)
     spec = RunSpec.load(cfg)
