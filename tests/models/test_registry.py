@@ -168,3 +168,11 @@ def test_check_corpus():
     with pytest.raises(ModelConfigError, match="differs from the data's"):
         check_corpus(gpt(vocab_size=4096), info)  # declares the byte tokenizer by default
     check_corpus(llama(vocab=4096), info)  # an hf model without a declared tokenizer: vocab only
+
+
+@pytest.mark.parametrize("fields", [dict(n_layer=1, n_head=2, n_embd=32, block_size=16),
+                                    dict(n_layer=3, n_head=4, n_embd=64, block_size=48, bias=True),
+                                    dict(n_layer=2, n_head=2, n_embd=48, block_size=8, vocab_size=300)])
+def test_gpt_bytes_count_from_config_matches_a_real_build(fields):
+    mcfg = ModelConfig(**fields)
+    assert count_params(mcfg) == sum(p.numel() for p in build_model(mcfg, seed=0).parameters())

@@ -48,6 +48,13 @@ def build(mcfg: ModelConfig) -> nn.Module:
     return GPT(gpt_config(mcfg))
 
 
+def num_params(mcfg: ModelConfig) -> int:
+    """GPT's parameter count (lm_head tied to wte, counted once), without building it."""
+    d, b = mcfg.n_embd, int(mcfg.bias)
+    per_layer = 2 * d * (1 + b) + (3 * d * d + 3 * d * b) + (d * d + d * b) + (4 * d * d + 4 * d * b) + (4 * d * d + d * b)
+    return mcfg.vocab_size * d + mcfg.block_size * d + mcfg.n_layer * per_layer + d * (1 + b)
+
+
 def _names(n_layer: int, bias: bool) -> list[tuple[str, str, bool]]:
     """(our name, GPT-2 name, transposed) for every weight; biases follow the same pattern."""
     rows = [("wte.weight", "transformer.wte.weight", False), ("wpe.weight", "transformer.wpe.weight", False)]
@@ -140,4 +147,5 @@ def set_checkpointing(model: nn.Module, on: bool) -> None:
 
 
 SPEC = ModelSpec(name="gpt-bytes", resolve=resolve, build=build, load_init=load_init, hf_config=hf_config,
-                 to_hf=to_hf, from_hf=from_hf, set_checkpointing=set_checkpointing, default_tokenizer="bytes")
+                 to_hf=to_hf, from_hf=from_hf, set_checkpointing=set_checkpointing, default_tokenizer="bytes",
+                 num_params=num_params)

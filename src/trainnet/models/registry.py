@@ -52,6 +52,9 @@ class ModelSpec:
     set_checkpointing: Callable[[nn.Module, bool], None]  # activation checkpointing per transformer block
     default_tokenizer: str | None = None  # "bytes" for byte-level models
     param_groups: Callable[[nn.Module, float], list[dict[str, Any]]] = decay_matrices
+    # The parameter count from the config alone, when the spec knows it (else it is counted on the meta device,
+    # whose first use imports torch._dynamo: seconds of start-up for every process of a small run).
+    num_params: Callable[[ModelConfig], int] | None = None
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = model(x, y)
@@ -110,6 +113,8 @@ def build_model(mcfg: ModelConfig, seed: int | None = None, device: str | torch.
 def count_params(mcfg: ModelConfig) -> int:
     """Number of parameters (tied weights once), counted on the meta device: nothing is allocated."""
     spec = get_spec(mcfg.spec)
+    if spec.num_params is not None:
+        return spec.num_params(spec.resolve(mcfg))
     with torch.device("meta"):
         model = spec.build(spec.resolve(mcfg))
     return sum(p.numel() for p in model.parameters())

@@ -120,6 +120,9 @@ class Models:
         return n + 1024 * (len(deltas) + 1)  # + the manifests (about a kilobyte each)
 
 
+IDLE_WAIT_MAX_S = 30.0  # the worker's max_wait_s
+
+
 def sim_limits(cfg: RunConfig) -> ServerLimits:
     """The server's limits, with what only makes sense across a network turned off (rate limits: virtual
     workers share no address and no clock skew) and the verifier's wall-clock budget unbounded."""
@@ -195,7 +198,7 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
             settle(now)
             push(now + tick_s, "tick", -1)
         elif kind == "free":
-            _free(workers[wi], now, api, core, models, rng, cfg, push, stats, tick_s)
+            _free(workers[wi], now, api, core, models, rng, cfg, push, stats)
         elif kind == "done":
             _done(workers[wi], payload, now, api, models, model, spec, cfg, sec, rng, push, stats)
         elif kind == "arrive":
@@ -215,7 +218,7 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
 
 
 def _free(w: VirtualWorker, now: float, api: Any, core: Any, models: Models, rng: random.Random, cfg: RunConfig,
-          push: Callable, stats: dict[str, int], tick_s: float) -> None:
+          push: Callable, stats: dict[str, int]) -> None:
     s = cfg.sim
     if now >= w.leave_at:
         return
@@ -234,7 +237,8 @@ def _free(w: VirtualWorker, now: float, api: Any, core: Any, models: Models, rng
     if not task:
         after = reply.get("retry_after_s")
         if after is not None and reply.get("reason") not in ("done", "banned"):
-            push(now + min(float(after), tick_s), "free", w.idx)
+            # As the worker does (worker/node.py): the server's retry time, at least 0.1 s and at most 30 s.
+            push(now + min(max(float(after), 0.1), IDLE_WAIT_MAX_S), "free", w.idx)
         return
     spec = TaskSpec(**task)
     w.bytes_down += models.download_bytes(spec.base_version, w.have)
