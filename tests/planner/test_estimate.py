@@ -42,6 +42,8 @@ S = Scenario(
     co2_g_per_kwh=500.0,
     usd_per_kwh=0.1,
     include_energy_cost=False,
+    data_bytes_per_token=0.0,
+    dataplane=False,  # the workers' model alone; test_dataplane.py covers the infrastructure terms
 )
 
 

@@ -22,10 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from trainnet.planner.assumptions import assumption_rows
+from trainnet.planner.cli_dataplane import print_dataplane
 from trainnet.planner.estimate import (
     Projection,
     Scenario,
     baseline_scenario,
+    compute_only,
     default_bits_per_param,
     gpus_to_match,
     minimal_value,
@@ -55,6 +57,59 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _finite(x: object) -> object:
+    """JSON-safe copy: infinities (a free link, an unlimited resource) become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+# The data plane's inputs (planner/dataplane.py); their sources are in assumptions.py.
+_DATAPLANE_OPTIONS = [
+    (
+        "--data-bytes-per-token",
+        "data_bytes_per_token",
+        float,
+        "training data per token, bytes (uint16 ids: 2)",
+    ),
+    ("--quorum", "quorum", int, "configured quorum (grows with the swarm)"),
+    ("--target-staleness", "target_staleness", float, "quorum = max(quorum, ceil(gpus / this)); 0: fixed"),
+    ("--max-staleness", "max_staleness", int, "staler updates are rejected (versions)"),
+    ("--lease-s", "lease_s", float, "lease length; workers heartbeat every lease_s / 2"),
+    ("--publish-bits-per-param", "publish_bits_per_param", float, "published delta per version (q4: 4.5)"),
+    ("--full-every", "full_every", int, "a full checkpoint every this many versions"),
+    ("--full-bits-per-param", "full_bits_per_param", float, "full checkpoint bits/param (bf16: 16)"),
+    ("--full-fraction", "full_fraction", float, "share of rounds that start from a full checkpoint"),
+    ("--store-gbps", "store_gbps", float, "object-store link, Gbit/s each direction"),
+    ("--cdn-hit-ratio", "cdn_hit_ratio", float, "share of published-version downloads served by a CDN"),
+    ("--store-read-latency-ms", "store_read_latency_ms", float, "latency of one aggregator range read, ms"),
+    ("--coordinator-gbps", "coordinator_gbps", float, "control-plane (coordinator) link, Gbit/s"),
+    ("--control-rps", "control_rps", float, "signed requests/s the control plane sustains"),
+    ("--request-bytes", "request_bytes", float, "bytes of one request and its reply"),
+    ("--manifest-entry-bytes", "manifest_entry_bytes", float, "bytes per blob listed in a version reply"),
+    ("--aggregator-shards", "aggregator_shards", int, "aggregator processes (parameter ranges)"),
+    ("--aggregator-cores", "aggregator_cores", int, "cores per aggregator shard"),
+    ("--aggregator-gbps", "aggregator_gbps", float, "each aggregator's link to the object store, Gbit/s"),
+]
+
+
+def _dataplane_options(f: object) -> object:
+    for flag, field, type_, help_ in reversed(_DATAPLANE_OPTIONS):
+        f = click.option(flag, field, default=getattr(_D, field), show_default=True, type=type_, help=help_)(
+            f
+        )
+    return click.option(
+        "--dataplane/--no-dataplane",
+        default=_D.dataplane,
+        show_default=True,
+        help="model the object store, aggregators and control plane (off: workers only)",
+    )(f)
+
+
 def _summary(p: Projection) -> dict:
     return {k: getattr(p, k) for k in ("wall_days", "utilization", "energy_kwh", "co2_kg", "cost_usd")}
 
@@ -75,7 +130,11 @@ def _summary(p: Projection) -> dict:
 @_opt("--uplink-mbps", _D.uplink_mbps, "worker uplink, Mbit/s")
 @_opt("--downlink-mbps", _D.downlink_mbps, "worker downlink, Mbit/s")
 @_opt("--bits-per-param", None, "upload bits per parameter per round [default: codec table, else 2.5 (q2)]")
-@_opt("--download-bits-per-param", _D.download_bits_per_param, "download bits per parameter per round")
+@_opt(
+    "--download-bits-per-param",
+    None,
+    "download bits per parameter per round [default: derived from the published versions]",
+)
 @_opt("--dropout", _D.dropout, "fraction of rounds lost to dropouts")
 @click.option(
     "--overlap/--no-overlap",
@@ -118,6 +177,7 @@ def _summary(p: Projection) -> dict:
     default=False,
     help="also print, for several H, the minimal uplink that reaches --target-days",
 )
+@_dataplane_options
 @click.pass_context
 def estimate_cmd(ctx: click.Context, **kw: object) -> None:
     """Project a run on many GPUs over the internet against a data-center baseline (all estimates)."""
@@ -149,7 +209,7 @@ def estimate_cmd(ctx: click.Context, **kw: object) -> None:
         _print_sweep(con, s, report["sweep"], target)
     if kw["json_path"] is not None:
         # allow_nan=False: the file must be strict JSON (no Infinity); inputs are sanitized above.
-        text = json.dumps(report, indent=2, allow_nan=False)
+        text = json.dumps(_finite(report), indent=2, allow_nan=False)
         if to_stdout:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
@@ -158,11 +218,10 @@ def estimate_cmd(ctx: click.Context, **kw: object) -> None:
 
 
 def _target_section(s: Scenario, p: Projection, target: float) -> dict:
-    compute_only = project(replace(s, uplink_mbps=math.inf, downlink_mbps=math.inf))
     return {
         "target_days": target,
         "meets_target": p.wall_days <= target,
-        "compute_only_days": compute_only.wall_days,
+        "compute_only_days": project(compute_only(s)).wall_days,
         "min_uplink_mbps": minimal_value(s, "uplink_mbps", target),
         "min_h": minimal_value(s, "h", target),
         "min_gpus": minimal_value(s, "gpus", target, hi=1e8),
@@ -175,6 +234,7 @@ def _report(s: Scenario, base: Scenario, p: Projection, b: Projection, rows: lis
     out = {
         "label": "estimate: projection from the planner model, not a measurement",
         **_summary(p),
+        "bound": p.bound,
         "params": r.params,
         "tokens": r.tokens,
         "gpus": r.gpus,
@@ -215,6 +275,7 @@ def _print(con: Console, s: Scenario, p: Projection, b: Projection, rows: list, 
     t.add_row("utilization", f"{p.utilization:.1%}", f"{b.utilization:.0%} (comm in MFU)")
     t.add_row("tokens per round per GPU", _si(p.tokens_per_round), _si(b.tokens_per_round))
     t.add_row("rounds per GPU / updates merged", f"{p.rounds_per_gpu:,.1f} / {p.total_updates:,.0f}", "-")
+    t.add_row("bound (slowest term)", p.bound, "compute (sync, in MFU)")
     t.add_row("wall time", _days(p.wall_days), _days(b.wall_days))
     t.add_row("GPU-hours", f"{p.gpu_hours:,.0f}", f"{b.gpu_hours:,.0f}")
     t.add_row("energy", f"{p.energy_kwh:,.0f} kWh", f"{b.energy_kwh:,.0f} kWh")
@@ -226,6 +287,7 @@ def _print(con: Console, s: Scenario, p: Projection, b: Projection, rows: list, 
         f"${b.cost_usd:,.0f}",
     )
     con.print(t)
+    print_dataplane(con, s, p)
     con.print(
         f"Baseline GPUs ({b_kind}) needed to match the swarm's wall time: {tgt['baseline_gpus_to_match_wall_time']:,.0f}"
     )

@@ -10,9 +10,12 @@ Every number here is a projection (an estimate), never a measurement. The model,
 
     compute_s  = H * 6 * N * tokens_per_step / (peak_flops * mfu)
     upload_s   = bits_up   * N / (uplink_mbps   * 1e6)
-    download_s = bits_down * N / (downlink_mbps * 1e6)
-    round_s    = compute_s + upload_s + download_s          (not overlapped, the default)
+    download_s = (bits_down * N + 8 * H * tokens_per_step * data_bytes_per_token) / (downlink_mbps * 1e6)
+                 bits_down: the published deltas a worker skipped, or a checkpoint (dataplane.download_bits)
+    worker_round_s = compute_s + upload_s + download_s      (not overlapped, the default)
                = max(compute_s, upload_s + download_s)      (--overlap: comm hidden behind the next round)
+    round_s    = worker_round_s * slowdown                  (slowdown >= 1 when the object store, the
+                 aggregators, the control plane or the coordinator's link cannot keep up: dataplane.py)
     utilization = compute_s / round_s
     wall_s     = tokens / (gpus * (1 - dropout) * H * tokens_per_step / round_s)
     draw       = utilization + (1 - utilization) * idle_power_fraction
@@ -27,6 +30,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from trainnet.planner.dataplane import DataPlane, dataplane, download_bits
 from trainnet.planner.gpus import gpu_kind
 
 DEFAULT_BITS_PER_PARAM = 2.5  # the default codec q2: 2-bit values + fp16 scale and offset per 64 values
@@ -53,7 +57,8 @@ class Scenario:
     uplink_mbps: float = 10.0
     downlink_mbps: float = 100.0
     bits_per_param: float = DEFAULT_BITS_PER_PARAM  # upload, per parameter per round
-    download_bits_per_param: float = 8.0  # aggregated delta, int8 (dense: many workers' top-k union)
+    download_bits_per_param: float | None = None  # None: derived from the published versions (dataplane.py)
+    data_bytes_per_token: float = 2.0  # the task's training shard, uint16 token ids (GET /v1/shard)
     dropout: float = 0.3
     overlap: bool = False
     idle_power_fraction: float = 0.25
@@ -61,6 +66,27 @@ class Scenario:
     co2_g_per_kwh: float = 480.0
     usd_per_kwh: float = 0.15
     include_energy_cost: bool = False
+    # The data plane (dataplane.py). Engine defaults from src/trainnet/config.py:
+    quorum: int = 4
+    target_staleness: float = 2.0  # the quorum grows to ceil(active nodes / this) (core/scaling.py)
+    max_staleness: int = 8
+    lease_s: float = 600.0  # workers heartbeat every lease_s / 2
+    publish_bits_per_param: float = 4.5  # publish_codec q4: 4 bits + fp16 scale and offset per 64 values
+    full_every: int = 16  # a bf16 checkpoint every this many versions
+    full_bits_per_param: float = 16.0
+    # Deployment assumptions (labelled in assumptions.py):
+    full_fraction: float = 0.05  # rounds that start from a full checkpoint (joiners, long absences)
+    store_gbps: float = 10.0  # the object store's link, each direction
+    cdn_hit_ratio: float = 0.0  # share of published-version downloads a CDN serves (0: no CDN)
+    store_read_latency_ms: float = 1.0  # per range read by an aggregator
+    coordinator_gbps: float = 1.0
+    control_rps: float = 254.0  # signed requests/s the control plane sustains
+    request_bytes: float = 2048.0  # one signed request and its reply, headers included
+    manifest_entry_bytes: float = 1024.0  # one blob in a version reply: key, sha256, size, URL
+    aggregator_shards: int = 64
+    aggregator_cores: int = 1  # per shard
+    aggregator_gbps: float = 10.0  # per shard, to the object store
+    dataplane: bool = True  # False: workers only (the data-center baseline, "compute alone")
 
     def resolved(self) -> Scenario:
         """A copy with peak_flops / power_w / usd_per_gpu_hour filled in from the GPU table."""
@@ -95,6 +121,11 @@ class Projection:
     cost_usd: float
     memory_needed_gb: float
     memory_gb: float | None
+    worker_round_s: float  # the round the workers alone would take
+    download_bits_per_param: float
+    slowdown: float  # round_s / worker_round_s
+    bound: str  # the slowest term (dataplane.dataplane)
+    dataplane: DataPlane | None
 
     @property
     def fits_in_memory(self) -> bool | None:
@@ -115,10 +146,25 @@ def _validate(s: Scenario) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {s.dropout}")
     if s.uplink_mbps <= 0 or s.downlink_mbps <= 0:
         raise ValueError("uplink_mbps and downlink_mbps must be positive (math.inf for 'free')")
-    if s.bits_per_param < 0 or s.download_bits_per_param < 0:
-        raise ValueError("bits per param must be >= 0")
+    bits = (
+        s.bits_per_param,
+        s.download_bits_per_param or 0.0,
+        s.publish_bits_per_param,
+        s.full_bits_per_param,
+    )
+    if min(bits) < 0 or s.data_bytes_per_token < 0:
+        raise ValueError("bits per param and data_bytes_per_token must be >= 0")
     if not 0 <= s.idle_power_fraction <= 1 or s.pue < 1:
         raise ValueError("idle_power_fraction must be in [0, 1] and pue >= 1")
+    if not 0 <= s.full_fraction <= 1 or not 0 <= s.cdn_hit_ratio < 1:
+        raise ValueError("full_fraction must be in [0, 1] and cdn_hit_ratio in [0, 1)")
+    if s.quorum < 1 or s.full_every < 1 or s.aggregator_shards < 1 or s.aggregator_cores < 1:
+        raise ValueError("quorum, full_every, aggregator_shards and aggregator_cores must be >= 1")
+    capacities = (s.store_gbps, s.coordinator_gbps, s.control_rps, s.aggregator_gbps, s.lease_s)
+    if min(capacities) <= 0 or s.target_staleness < 0 or s.store_read_latency_ms < 0:
+        raise ValueError(
+            "link, request-rate and lease capacities must be positive, latency and target_staleness >= 0"
+        )
 
 
 def project(scenario: Scenario) -> Projection:
@@ -128,9 +174,21 @@ def project(scenario: Scenario) -> Projection:
     assert s.peak_flops is not None and s.power_w is not None and s.usd_per_gpu_hour is not None
     compute_s = s.h * 6.0 * s.params * s.tokens_per_step / (s.peak_flops * s.mfu)
     upload_s = s.bits_per_param * s.params / (s.uplink_mbps * 1e6)
-    download_s = s.download_bits_per_param * s.params / (s.downlink_mbps * 1e6)
+    down_bits = s.download_bits_per_param if s.download_bits_per_param is not None else download_bits(s)[0]
+    data_bits = 8.0 * s.h * s.tokens_per_step * s.data_bytes_per_token
+    download_s = (down_bits * s.params + data_bits) / (s.downlink_mbps * 1e6)
     comm_s = upload_s + download_s
-    round_s = max(compute_s, comm_s) if s.overlap else compute_s + comm_s
+    worker_round_s = max(compute_s, comm_s) if s.overlap else compute_s + comm_s
+    dp = dataplane(s, compute_s, upload_s, download_s, worker_round_s) if s.dataplane else None
+    if dp is not None:
+        slowdown, bound = dp.slowdown, dp.bound
+    else:  # workers only: the slowest part of their round
+        slowdown = 1.0
+        bound = max(
+            (("worker compute", compute_s), ("worker uplink", upload_s), ("worker downlink", download_s)),
+            key=lambda kv: kv[1],
+        )[0]
+    round_s = worker_round_s * slowdown  # workers wait for the infrastructure
     utilization = compute_s / round_s
     tokens_per_round = s.h * s.tokens_per_step
     effective_gpus = s.gpus * (1.0 - s.dropout)  # dropped rounds are computed, then lost
@@ -163,6 +221,11 @@ def project(scenario: Scenario) -> Projection:
         cost_usd=gpu_cost + (energy_cost if s.include_energy_cost else 0.0),
         memory_needed_gb=s.params * TRAIN_BYTES_PER_PARAM / 1e9,
         memory_gb=memory_gb,
+        worker_round_s=worker_round_s,
+        download_bits_per_param=down_bits,
+        slowdown=slowdown,
+        bound=bound,
+        dataplane=dp,
     )
 
 
@@ -190,6 +253,7 @@ def baseline_scenario(
         overlap=False,
         include_energy_cost=False,
         h=1,
+        dataplane=False,
     )
 
 
@@ -200,6 +264,11 @@ def gpus_to_match(s: Scenario, wall_days: float) -> float:
     return 6.0 * r.params * r.tokens / (r.peak_flops * r.mfu * wall_days * SECONDS_PER_DAY)
 
 
+def compute_only(s: Scenario) -> Scenario:
+    """The same swarm with free links and infrastructure: the wall time compute alone sets."""
+    return replace(s, uplink_mbps=math.inf, downlink_mbps=math.inf, dataplane=False)
+
+
 def tokens_within(s: Scenario, days: float) -> float:
     """How many tokens the scenario's swarm processes in `days` (wall time is linear in tokens)."""
     return s.tokens * days / project(s).wall_days
@@ -208,14 +277,16 @@ def tokens_within(s: Scenario, days: float) -> float:
 def minimal_value(
     s: Scenario, field: str, target_days: float, lo: float | None = None, hi: float | None = None
 ) -> float | None:
-    """Smallest value of `field` ("uplink_mbps", "downlink_mbps", "h", "gpus") reaching `target_days`.
+    """Smallest value of `field` ("uplink_mbps", "downlink_mbps", "h", "gpus", "store_gbps",
+    "aggregator_shards", ...) reaching `target_days`.
 
     Wall time falls monotonically as each of these grows, so this bisects (geometrically; integers for
-    "h" and "gpus"). Returns None when even `hi` misses the target (e.g. compute alone is too slow).
+    "h", "gpus" and "aggregator_shards"). Returns None when even `hi` misses the target (e.g. compute
+    alone is too slow).
     """
     if field not in {f.name for f in fields(Scenario)}:
         raise ValueError(f"unknown scenario field {field!r}")
-    integer = field in ("h", "gpus")
+    integer = field in ("h", "gpus", "aggregator_shards")
     lo = lo if lo is not None else (1.0 if integer else 1e-3)
     hi = hi if hi is not None else (1e6 if integer else 1e5)
 
@@ -258,9 +329,7 @@ def sweep(
                 "min_uplink_mbps": up,
                 "wall_days": p.wall_days if p else None,
                 "utilization": p.utilization if p else None,
-                "compute_only_days": project(
-                    replace(sh, uplink_mbps=math.inf, downlink_mbps=math.inf)
-                ).wall_days,
+                "compute_only_days": project(compute_only(sh)).wall_days,
             }
         )
     return rows
