@@ -25,11 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the shared test server helpers
 
 from simrunner import cpu_model  # noqa: E402  (bench/ is the script directory)
 
-from servers.s3 import moto_s3_server  # noqa: E402
+from trainnet.devservers.s3 import moto_s3_server  # noqa: E402
 from trainnet.store.blob_fs import FsBlobStore  # noqa: E402
 from trainnet.store.blobs import BlobStore  # noqa: E402
 

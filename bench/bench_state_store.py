@@ -34,9 +34,8 @@ from simrunner import cpu_model  # bench/ is the script directory
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from servers.postgres import find_pg_bin, postgres_server  # noqa: E402
+from trainnet.devservers.postgres import find_pg_bin, postgres_server  # noqa: E402
 from trainnet.store.state import Changes, StateStore, open_state_store  # noqa: E402
 
 SIZES = (50, 4200)

@@ -27,11 +27,10 @@ import pytest
 from trainnet.store.blob_fs import FsBlobStore
 from trainnet.store.blobs import BlobStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared `servers` package
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/store/, for store_child
 
-from servers.postgres import find_pg_bin, postgres_server  # noqa: E402
-from servers.s3 import S3Server, moto_s3_server  # noqa: E402
+from trainnet.devservers.postgres import find_pg_bin, postgres_server  # noqa: E402
+from trainnet.devservers.s3 import S3Server, moto_s3_server  # noqa: E402
 from trainnet.store.state import StateStore, open_state_store  # noqa: E402
 
 # smallest part S3 accepts, so the conformance suite reaches multipart uploads with ~11 MiB blobs
