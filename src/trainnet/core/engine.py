@@ -195,6 +195,9 @@ class Coordinator(VerifyMixin, MergeMixin):
                           token_id=msg.token_id, info=dict(msg.info))
         self.nodes[msg.node_id] = node
         self.nodes_registered += 1
+        # nodes_registered is a meta field (the next node's ordinal): without this a registration committed
+        # alone left the stored counter behind, and after a restart two nodes got the same ordinal.
+        self._changes.meta = True
         self._touch_node(node)
         self._emit(now, "node_registered", node_id=msg.node_id)
         return Registered(True, msg.node_id, self.cfg.run_id)
@@ -338,7 +341,13 @@ class Coordinator(VerifyMixin, MergeMixin):
         p = Pending(msg.task_id, msg.node_id, spec.base_version, spec.tokens, spec.hparams["steps"], tau, now,
                     msg.blob, msg.sha256, msg.nbytes, msg.codec, (spec.shard_id, spec.seed), msg.ef_in,
                     msg.ef_out, msg.loss, msg.header_sha256)
+        last = next(reversed(self.buffer.values()), None)
         self.buffer[msg.task_id] = p
+        if last is not None and (last.arrived, last.task_id) > (p.arrived, p.task_id):
+            # Keep the buffer in (arrival time, task id) order, the order load_state_dict restores: uploads at
+            # the same instant (or a clock that stepped back) would otherwise merge in another order after a
+            # restart, and the merged version would differ.
+            self.buffer = dict(sorted(self.buffer.items(), key=lambda kv: (kv[1].arrived, kv[0])))
         self._changes.touch("buffer", msg.task_id)
         self.tokens_accepted += spec.tokens
         self.updates_accepted += 1

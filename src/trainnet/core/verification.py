@@ -125,7 +125,10 @@ class VerifyMixin:
         return ""
 
     def _expire_reveals(self, now: float) -> None:
-        for a in [a for a in self.audits.values() if not a.ready and now > a.reveal_deadline]:
+        due = [a for a in self.audits.values() if not a.ready and now > a.reveal_deadline]
+        # In deadline order, not the audits' dict order (which a restored engine gets from its store's row
+        # order): the failures' evidence, events and the ban reason must not depend on it.
+        for a in sorted(due, key=lambda a: (a.reveal_deadline, a.task_id)):
             self._report(a, False, {"reason": NO_REVEAL, "deadline": a.reveal_deadline}, now, 0, "")
 
     # ------------------------------------------------------------------ verifiers
