@@ -27,6 +27,7 @@ import math
 from collections import deque
 from typing import Any
 
+from trainnet.consensus.plan import decomposable
 from trainnet.core.changes import Tracker
 from trainnet.core.merging import MergeMixin
 from trainnet.core.records import (
@@ -81,6 +82,12 @@ class Coordinator(VerifyMixin, MergeMixin):
             raise ValueError(f"stale_mode must be 'damp' or 'endpoint' (got {cfg.stale_mode!r})")
         if num_params <= 0:
             raise ValueError("num_params must be positive")
+        if cfg.shards > 1 and not decomposable(cfg.aggregator):
+            # A dense rule (cclip, geomed, Krum family, bucketing) needs every update whole in one place; on N
+            # shards each would run it on its own slice (a different rule, and shard-count dependent results).
+            raise ValueError(f"aggregation rule {cfg.aggregator!r} needs the whole parameter vector in one place: "
+                             f"it runs on 1 aggregator shard only (got shards={cfg.shards}); use a decomposable "
+                             "rule (mean, median, trimmed_mean, with norm_clip) or shards=1")
         self.cfg = cfg
         self.manifest = manifest
         self.num_params = int(num_params)
