@@ -248,3 +248,12 @@ def test_dense_rules_refuse_more_than_one_shard(rule):
 def test_decomposable_rules_run_on_any_number_of_shards(rule):
     core = Coordinator(config(aggregator=rule, shards=4), MANIFEST, NUM_PARAMS)
     assert core.cfg.shards == 4
+
+
+def test_a_run_config_asking_for_a_dense_rule_on_shards_is_refused_when_loaded():
+    from trainnet.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"'krum' needs the whole parameter vector .*aggregate\.shards 2"):
+        load_config(None, ["aggregate.shards=2", 'consensus.aggregator="krum"'])
+    assert load_config(None, ["aggregate.shards=2", 'consensus.aggregator="robust"']).aggregate.shards == 2
+    assert load_config(None, ["aggregate.shards=1", 'consensus.aggregator="krum"']).aggregate.shards == 1
