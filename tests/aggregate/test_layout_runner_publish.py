@@ -19,7 +19,7 @@ shapes = st.lists(st.lists(st.integers(1, 7), min_size=0, max_size=3), min_size=
 
 
 # ------------------------------------------------------------------ layout
-@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(shape_list=shapes, cut=st.tuples(st.integers(0, 400), st.integers(0, 400)))
 def test_pieces_cover_a_flat_range_exactly_and_unflatten_inverts_flatten(shape_list, cut):
     layout = ParamLayout.from_shapes([(f"t{i}", tuple(s)) for i, s in enumerate(shape_list)])
@@ -38,7 +38,7 @@ def test_pieces_cover_a_flat_range_exactly_and_unflatten_inverts_flatten(shape_l
         layout.unflatten(torch.zeros(layout.numel + 1))
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(lo=st.integers(0, 10_000), n=st.integers(0, 10_000), log_c=st.integers(0, 12))
 def test_chunks_follow_the_global_grid(lo, n, log_c):
     c = 1 << log_c

@@ -216,7 +216,7 @@ def test_full_checkpoints_every_full_every_versions(every, version_to, full):
 
 
 # ------------------------------------------------------------------ shard ranges
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(n=st.integers(1, 10**7), shards=st.integers(1, 64), block_log=st.integers(0, 22))
 def test_shard_ranges_partition_on_block_boundaries(n, shards, block_log):
     block = 1 << block_log

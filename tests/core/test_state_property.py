@@ -190,7 +190,7 @@ def hard(sd: dict[str, Any]) -> dict[str, Any]:
     return {"meta": sd["meta"], "docs": docs}
 
 
-settings_ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+settings_ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                      suppress_health_check=[HealthCheck.too_slow])
 
 
