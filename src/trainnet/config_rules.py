@@ -291,7 +291,19 @@ class Cross:
     message: Callable[[Any], str]
 
 
+def _one_place_rule(c: Any) -> bool:
+    """A dense rule (cclip, geomed, Krum family, bucketing) on more than one aggregator shard (the engine refuses
+    it too: core/engine.py)."""
+    from trainnet.consensus.plan import decomposable
+
+    return c.aggregate.shards > 1 and not decomposable(c.consensus.aggregator)
+
+
 CROSS_CHECKS: tuple[Cross, ...] = (
+    Cross(("aggregate.shards", "consensus.aggregator"), lambda c: not _one_place_rule(c),
+          lambda c: f"consensus.aggregator {c.consensus.aggregator!r} needs the whole parameter vector in one place: "
+                    f"it runs on 1 aggregator shard only (got aggregate.shards {c.aggregate.shards}); use mean, "
+                    "median or trimmed_mean (with norm_clip) on more shards"),
     Cross(("aggregate.block",), lambda c: c.aggregate.block & (c.aggregate.block - 1) == 0,
           lambda c: f"aggregate.block must be a power of two (got {c.aggregate.block})"),
     Cross(("model.n_embd", "model.n_head"), lambda c: c.model.n_embd % c.model.n_head == 0,

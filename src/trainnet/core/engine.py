@@ -27,6 +27,7 @@ import math
 from collections import deque
 from typing import Any
 
+from trainnet.consensus.plan import decomposable
 from trainnet.core.changes import Tracker
 from trainnet.core.merging import MergeMixin
 from trainnet.core.records import (
@@ -81,6 +82,12 @@ class Coordinator(VerifyMixin, MergeMixin):
             raise ValueError(f"stale_mode must be 'damp' or 'endpoint' (got {cfg.stale_mode!r})")
         if num_params <= 0:
             raise ValueError("num_params must be positive")
+        if cfg.shards > 1 and not decomposable(cfg.aggregator):
+            # A dense rule (cclip, geomed, Krum family, bucketing) needs every update whole in one place; on N
+            # shards each would run it on its own slice (a different rule, and shard-count dependent results).
+            raise ValueError(f"aggregation rule {cfg.aggregator!r} needs the whole parameter vector in one place: "
+                             f"it runs on 1 aggregator shard only (got shards={cfg.shards}); use a decomposable "
+                             "rule (mean, median, trimmed_mean, with norm_clip) or shards=1")
         self.cfg = cfg
         self.manifest = manifest
         self.num_params = int(num_params)
@@ -195,6 +202,9 @@ class Coordinator(VerifyMixin, MergeMixin):
                           token_id=msg.token_id, info=dict(msg.info))
         self.nodes[msg.node_id] = node
         self.nodes_registered += 1
+        # nodes_registered is a meta field (the next node's ordinal): without this a registration committed
+        # alone left the stored counter behind, and after a restart two nodes got the same ordinal.
+        self._changes.meta = True
         self._touch_node(node)
         self._emit(now, "node_registered", node_id=msg.node_id)
         return Registered(True, msg.node_id, self.cfg.run_id)
@@ -338,7 +348,13 @@ class Coordinator(VerifyMixin, MergeMixin):
         p = Pending(msg.task_id, msg.node_id, spec.base_version, spec.tokens, spec.hparams["steps"], tau, now,
                     msg.blob, msg.sha256, msg.nbytes, msg.codec, (spec.shard_id, spec.seed), msg.ef_in,
                     msg.ef_out, msg.loss, msg.header_sha256)
+        last = next(reversed(self.buffer.values()), None)
         self.buffer[msg.task_id] = p
+        if last is not None and (last.arrived, last.task_id) > (p.arrived, p.task_id):
+            # Keep the buffer in (arrival time, task id) order, the order load_state_dict restores: uploads at
+            # the same instant (or a clock that stepped back) would otherwise merge in another order after a
+            # restart, and the merged version would differ.
+            self.buffer = dict(sorted(self.buffer.items(), key=lambda kv: (kv[1].arrived, kv[0])))
         self._changes.touch("buffer", msg.task_id)
         self.tokens_accepted += spec.tokens
         self.updates_accepted += 1

@@ -117,6 +117,8 @@ class NodeRecord:
     updates_accepted: int = 0
     updates_rejected: int = 0
     updates_dropped: int = 0  # accepted, then dropped unmerged (invalid blob, or its node banned)
+    # Regular (not warm-start) updates accepted and not dropped, while verifying: what probation counts.
+    probation_seen: int = 0
     leases_expired: int = 0
     tokens_accepted: int = 0
     bytes_up: int = 0

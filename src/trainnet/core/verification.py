@@ -72,12 +72,20 @@ class VerifyMixin:
         self._emit(now, "audit_requested", node_id=node.node_id, task_id=a.task_id)
         return self.audit_reply_of(a)
 
+    def _regular(self, codec: str, base_version: int) -> bool:
+        """Not the warm start (one long task with its own codec, applied as is)."""
+        return codec == self.cfg.codec and not (self.cfg.warm_start_tokens > 0 and base_version == 0)
+
     def _audit_selected(self, spec: TaskSpec, node: NodeRecord) -> bool:
         # Probation: a node's first regular updates are always audited (the warm start, one long task with its
-        # own codec, is too large for that and follows verify_rate).
-        regular = spec.codec == self.cfg.codec and not (self.cfg.warm_start_tokens > 0 and spec.base_version == 0)
-        if regular and node.updates_accepted <= self.cfg.verify_probation:
-            return True
+        # own codec, is too large for that and follows verify_rate). Counted on probation_seen, not on
+        # updates_accepted: that one also counted the warm start (the warm-start node's first regular update
+        # then escaped probation), and an update dropped unmerged takes its probation audit with it, so a
+        # node could skip probation by making its first upload invalid (_drop_pending gives the slot back).
+        if self._regular(spec.codec, spec.base_version):
+            node.probation_seen += 1
+            if node.probation_seen <= self.cfg.verify_probation:
+                return True
         digest = hashlib.sha256(f"{self.cfg.audit_key}:{self.cfg.seed}:{spec.task_id}".encode()).digest()
         return int.from_bytes(digest[:8], "little") / 2**64 < self.cfg.verify_rate
 
@@ -125,7 +133,10 @@ class VerifyMixin:
         return ""
 
     def _expire_reveals(self, now: float) -> None:
-        for a in [a for a in self.audits.values() if not a.ready and now > a.reveal_deadline]:
+        due = [a for a in self.audits.values() if not a.ready and now > a.reveal_deadline]
+        # In deadline order, not the audits' dict order (which a restored engine gets from its store's row
+        # order): the failures' evidence, events and the ban reason must not depend on it.
+        for a in sorted(due, key=lambda a: (a.reveal_deadline, a.task_id)):
             self._report(a, False, {"reason": NO_REVEAL, "deadline": a.reveal_deadline}, now, 0, "")
 
     # ------------------------------------------------------------------ verifiers
@@ -250,6 +261,8 @@ class VerifyMixin:
         if node is not None:
             node.updates_dropped += 1
             node.tokens_accepted -= p.tokens
+            if self.verifying and self._regular(p.codec, p.base_version):
+                node.probation_seen -= 1  # its audit is dropped too: probation is not served by it
             self._touch_node(node)
         self._changes.log("updates", p.task_id, p.to_doc() | {"merged_into": -1, "dropped": reason})
         a = self.audits.pop(p.task_id, None)
