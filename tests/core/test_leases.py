@@ -181,3 +181,15 @@ def test_staleness_stays_bounded_as_the_swarm_grows():
     assert statistics.mean(middle) <= 2.5 and max(middle) <= 5
     # without scaling the same swarm sees staleness grow with its size: the test would notice a broken rule
     assert statistics.mean(late_fixed) > 3 * statistics.mean(late) and max(late_fixed) > 20
+
+
+@pytest.mark.parametrize("field,value", [("header_sha256", ""), ("header_sha256", "zz" * 32), ("sha256", "0" * 63)])
+def test_an_update_without_valid_hashes_is_refused_and_its_lease_kept(field, value):
+    """Aggregators read a stored update through the hashes the node signed: none, none read."""
+    core = published(config())
+    join(core, "n0")
+    spec = lease(core, "n0", 1.0)
+    reply = core.submit(submission(core, spec.task_id, **{field: value}), 2.0)
+    assert not reply.accepted and reply.reason == "bad_blob"
+    assert spec.task_id in core.leases and not core.buffer
+    assert core.submit(submission(core, spec.task_id), 3.0).accepted  # the honest retry still lands

@@ -33,6 +33,7 @@ from trainnet.core.merging import MergeMixin
 from trainnet.core.records import (
     REJECT_BANNED,
     REJECT_BASE_MISMATCH,
+    REJECT_BLOB,
     REJECT_CODEC,
     REJECT_DONE,
     REJECT_STALE,
@@ -74,6 +75,10 @@ META_FIELDS = (
     "verify_steps",
 )
 COLLECTIONS = ("nodes", "leases", "buffer", "audits", "chain", "jobs", "tokens")
+
+
+def _is_sha256(h: object) -> bool:
+    return isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)
 
 
 class Coordinator(VerifyMixin, MergeMixin):
@@ -335,6 +340,10 @@ class Coordinator(VerifyMixin, MergeMixin):
             return self._reject(node, REJECT_CODEC, now, msg)
         if msg.blob != lease.upload_key:
             return self._reject(node, REJECT_UNKNOWN_TASK, now, msg)
+        if not _is_sha256(msg.header_sha256) or not _is_sha256(msg.sha256):
+            # The aggregators trust a stored update's bytes through its signed header hash (and the per-block
+            # hashes that header lists): an update without one could never be read safely.
+            return self._reject(node, REJECT_BLOB, now, msg)
         # Verification's residual commitment chain (a break bans the node; its lease goes with it).
         if self._chain_break(node, msg, now):
             return SubmitReply(False, REJECT_BANNED, self.version)
