@@ -225,6 +225,7 @@ class Api:
         man = svc.spec.corpus.manifest
         return {
             "protocol": PROTOCOL, "run_id": svc.ccfg.run_id, "model": svc.spec.model_info(),
+            "n_params": svc.spec.layout.numel,
             "manifest_root": man.root_hash, "codec": svc.ccfg.codec, "signer": self._signer(),
             "limits": {"max_update_bytes": self.uploads.max_bytes(svc.ccfg.codec), "max_json_bytes": lim.max_json_bytes,
                        "rate_per_s": lim.rate_per_s, "burst": lim.burst, "max_skew_s": lim.max_skew_s,
@@ -312,7 +313,11 @@ class Api:
                                 "revoked": t.revoked, "label": t.label} for t in c.tokens.values()],
                     "jobs": [{"job_id": j.job_id, "kind": j.kind, "phase": j.phase, "updates": len(j.updates)}
                              for j in c.jobs.values()]}
-        return self.status() | svc.read(look) | {"limits": svc.limits.to_dict(), "persistence": persistence(svc)}
+        traffic = svc.state.traffic()
+        for k, v in svc.traffic_pending().items():
+            traffic[k] = traffic.get(k, 0) + v
+        return self.status() | svc.read(look) | {"limits": svc.limits.to_dict(), "persistence": persistence(svc),
+                                                 "traffic": traffic}
 
 
 def persistence(svc: Service) -> dict[str, Any]:

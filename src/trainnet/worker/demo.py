@@ -3,6 +3,7 @@
     trainnet demo                          # 3 workers, ~2 minutes on 2 CPU cores
     trainnet demo --workers 4 --chaos      # SIGKILL and restart a random worker every few seconds
     trainnet demo --tokens 200000 --out /tmp/tn-demo
+    trainnet demo --scale-out --json -     # PostgreSQL + S3 + 2 aggregator shards (worker/scaleout.py)
 
 Every process is real: the coordinator (`trainnet coordinator`) and the workers (`trainnet worker`)
 talk HTTP on 127.0.0.1 with signed requests and compressed updates. The data is the Python standard
@@ -13,6 +14,8 @@ sampled from the final model. All child processes are stopped on exit and on Ctr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import signal
 import sys
@@ -52,32 +55,52 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def run_demo(out: Path, workers: int, tokens: int, chaos: bool, port: int, seed: int, timeout: float,
-             codec: str, tiny: bool = False, echo: Any = click.echo, sample_tokens: int = 240) -> int:
-    """Run the demo; returns an exit status (0 when the run finished and the summary was printed)."""
+             codec: str, tiny: bool = False, echo: Any = click.echo, sample_tokens: int = 240,
+             scale_out: bool = False, json_out: dict[str, Any] | None = None) -> int:
+    """Run the demo; returns an exit status (0 when the run finished and the summary was printed). The
+    summary's figures go into `json_out` when given."""
     out.mkdir(parents=True, exist_ok=True)
-    run_toml = write_toml(out / "run.toml", demo_config(tokens, workers, seed, chaos, codec, tiny))
+    cfg = demo_config(tokens, workers, seed, chaos, codec, tiny)
+    run_toml = write_toml(out / "run.toml", cfg)
     rng = random.Random(seed)
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.monotonic()
-    cluster = LocalCluster(out, run_toml, workers=workers, port=port, worker_args=["--threads", "1"])
     try:
-        with cluster:
+        with contextlib.ExitStack() as es:
+            stack = None
+            if scale_out:
+                from trainnet.worker import scaleout
+
+                echo("starting PostgreSQL and an S3 object store...")
+                stack = es.enter_context(scaleout.scale_out_stack(out, cfg["name"]))
+            cluster = es.enter_context(LocalCluster(
+                out, run_toml, workers=workers, port=port, worker_args=["--threads", "1"],
+                coordinator_args=scaleout.coordinator_args(stack) if stack else None,
+                env=stack.env if stack else None))
             echo(f"coordinator on {cluster.url} (state {out / 'coordinator'}, logs {out / 'logs'})")
-            cluster.start_coordinator()
+            if stack:
+                scaleout.start_scale_out(cluster, stack, run_toml)
+            else:
+                cluster.start_coordinator()
             info = cluster.wait_ready()
             echo(f"run {info.get('run_id')}: model {info.get('model')}, codec {info.get('codec')}, "
-                 f"{info.get('data', {}).get('shards', '?')} shards; starting {workers} workers")
+                 f"{info.get('data', {}).get('shards', '?')} shards, ready after {time.monotonic() - t0:.0f}s; "
+                 f"starting {workers} workers (each loads torch and the model first: a few seconds)")
             cluster.start_workers()
             status = _watch(cluster, t0, timeout, chaos, rng, echo)
             if status is None:
                 echo(f"timed out after {timeout:.0f}s; logs in {out / 'logs'}")
                 return 1
-            print_summary(cluster, status, out, time.monotonic() - t0, echo, sample_tokens=sample_tokens)
+            figures = print_summary(cluster, status, out, time.monotonic() - t0, echo, sample_tokens=sample_tokens)
+            if stack:
+                figures |= scaleout.where_bytes_went(cluster, stack, figures, echo)
+            if json_out is not None:
+                json_out.update(figures)
             return 0
     except (_Interrupted, KeyboardInterrupt):
         echo("interrupted: stopping all processes")
         return 130
-    except RuntimeError as exc:  # coordinator failed to start
+    except RuntimeError as exc:  # a server failed to start
         echo(f"error: {exc}")
         return 1
     finally:
@@ -135,6 +158,22 @@ def _watch(cluster: LocalCluster, t0: float, timeout: float, chaos: bool, rng: r
 @click.option("--timeout", type=click.FloatRange(min=10), default=600.0, show_default=True,
               help="Give up after this many seconds.")
 @click.option("--tiny", is_flag=True, help="A much smaller model and task (smoke test).")
-def demo_cmd(workers, tokens, chaos, out_dir, port, seed, codec, timeout, tiny):
+@click.option("--scale-out", is_flag=True,
+              help="The production topology: PostgreSQL (if installed), an S3 object store, 2 aggregator shards.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), is_flag=False, flag_value="-",
+              help="Write the summary's figures as JSON to this file; '-' or no value: to stdout (the rest goes "
+                   "to stderr).")
+def demo_cmd(workers, tokens, chaos, out_dir, port, seed, codec, timeout, tiny, scale_out, json_path):
     """Run a coordinator and several workers on this machine, then summarise the run."""
-    sys.exit(run_demo(Path(out_dir), workers, tokens, chaos, port, seed, timeout, codec, tiny=tiny))
+    to_stdout = json_path == "-"
+    figures: dict[str, Any] = {}
+    echo = (lambda msg="": click.echo(msg, err=True)) if to_stdout else click.echo
+    code = run_demo(Path(out_dir), workers, tokens, chaos, port, seed, timeout, codec, tiny=tiny, echo=echo,
+                    scale_out=scale_out, json_out=figures)
+    if json_path and code == 0:
+        text = json.dumps(figures, indent=1) + "\n"
+        if to_stdout:
+            sys.stdout.write(text)
+        else:
+            Path(json_path).write_text(text)
+    sys.exit(code)

@@ -159,6 +159,7 @@ class Worker:
         self.training = False  # inside run_task: a stop pauses the task instead of abandoning it
         self.progress: dict[str, Any] = {}  # the running task's progress, sent with heartbeats
         self.tasks_done = 0
+        self.model_down = 0  # bytes of model versions downloaded for the current task
         self.results: dict[str, int] = {}
         # task_id -> (r_in, r_out) of uploads that may have to be revealed (audited or outcome unknown)
         self.revealable: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
@@ -367,6 +368,7 @@ class Worker:
         self.status.update(phase="download", task=task_id, version=base, note=None)
         try:
             self._ensure_model(base)
+            self.model_down = self.client.bytes_down - down0  # the model's share of this task's downloads
             tokens = self._fetch_shard(int(task["shard_id"]), str(task["shard_sha256"]))
             unknown = set(task["hparams"]) - _HPARAM_FIELDS
             hp = TaskHParams(**{k: v for k, v in task["hparams"].items() if k in _HPARAM_FIELDS})
@@ -530,7 +532,8 @@ class Worker:
         self._record({"time": time.time(), "task_id": task_id, "shard_id": task["shard_id"], "base_version": base,
                       "steps": result.steps, "tokens": result.tokens, "loss_first": result.loss_first,
                       "loss_last": result.loss_last, "loss_mean": result.loss_mean, "train_s": result.time_s,
-                      "tok_s": tok_s, "bytes_down": down, "bytes_up": len(body), "bytes_raw": raw,
+                      "tok_s": tok_s, "bytes_down": down, "bytes_down_model": self.model_down, "bytes_up": len(body),
+                      "bytes_raw": raw,
                       "accepted": accepted, "outcome": outcome, "audit_reveal": bool(audit.get("reveal")),
                       **energy})
         self.status.log(

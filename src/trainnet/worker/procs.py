@@ -69,8 +69,9 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 
 
 class Child:
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.args, self.log_path = name, args, log_path
+        self.env = env or {}  # added to child_env() (e.g. the object store's endpoint and credentials)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -78,7 +79,8 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "trainnet.cli", *self.args], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=child_env() | self.env)
         self.starts += 1
 
     @property
@@ -115,7 +117,8 @@ class Child:
 
 class LocalCluster:
     def __init__(self, out: Path, run_toml: Path, workers: int = 3, port: int = 0,
-                 worker_args: list[str] | None = None, coordinator_args: list[str] | None = None) -> None:
+                 worker_args: list[str] | None = None, coordinator_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.out = Path(out)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -124,13 +127,22 @@ class LocalCluster:
         self.coordinator = Child("coordinator", ["coordinator", "--run", str(run_toml), "--state",
                                                  str(self.out / "coordinator"), "--port", str(self.port),
                                                  "--operator-token", self.operator_token,
-                                                 *(coordinator_args or [])], self.out / "logs" / "coordinator.log")
+                                                 *(coordinator_args or [])], self.out / "logs" / "coordinator.log",
+                                 env)
         self.workers = [
             Child(f"worker{i}", ["worker", "--coordinator", self.url, "--state", str(self.worker_dir(i)),
                                  "--quiet", *(worker_args or [])], self.out / "logs" / f"worker{i}.log")
             for i in range(workers)
         ]
+        self.env = env
+        self.services: list[Child] = []  # other processes of the run (aggregators), stopped with it
         self._http = httpx.Client(timeout=5.0)
+
+    def add_service(self, name: str, args: list[str]) -> Child:
+        """Another process of this run (e.g. `aggregator --run ...`), with the cluster's environment."""
+        child = Child(name, args, self.out / "logs" / f"{name}.log", self.env)
+        self.services.append(child)
+        return child
 
     def worker_dir(self, i: int) -> Path:
         return self.out / "workers" / f"w{i}"
@@ -192,4 +204,6 @@ class LocalCluster:
         for w in self.workers:
             w.stop()
         self.coordinator.stop()
+        for c in self.services:
+            c.stop()
         self._http.close()

@@ -123,7 +123,8 @@ def _final_val_loss(cluster: Any, version: int, wait_s: float = 60.0) -> float |
 
 
 def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: float, echo: Any,
-                  sample_tokens: int = 240) -> None:
+                  sample_tokens: int = 240) -> dict[str, Any]:
+    """Print the run's summary; returns its figures (for --json)."""
     from trainnet.model.sample import sample_lines
 
     info = cluster.get("/v1/info").json()
@@ -133,7 +134,18 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
          f"{status.get('tokens', 0):,} accepted tokens (target {status.get('tokens_target', 0):,})")
     echo("-- training loss vs tokens (measured by the workers on their task batches)")
     echo(loss_table(rows))
-    up, down, raw = (sum(int(r.get(k, 0)) for r in rows) for k in ("bytes_up", "bytes_down", "bytes_raw"))
+    up, down, raw, down_model = (sum(int(r.get(k, 0)) for r in rows)
+                                 for k in ("bytes_up", "bytes_down", "bytes_raw", "bytes_down_model"))
+    n_params = int(info.get("n_params") or 0)
+    figures: dict[str, Any] = {
+        "run_id": info.get("run_id"), "wall_s": round(elapsed_s, 1), "model_version": status.get("model_version"),
+        "tokens": status.get("tokens"), "updates_accepted": status.get("updates_accepted"),
+        "updates_rejected": status.get("updates_rejected"), "reject_reasons": status.get("reject_reasons") or {},
+        "uploads": len(rows), "worker_bytes_up": up, "worker_bytes_down": down, "worker_model_bytes_down": down_model,
+        "params": n_params,
+        # what a worker downloads per task to hold the model it trains from (deltas, or a full version to join)
+        "download_bits_per_param": 8 * down_model / max(1, len(rows)) / n_params if n_params else None,
+        "final_val_loss": None, "checkpoint": None}
     echo(f"-- bytes (measured by the workers, {len(rows)} uploads): up {human_bytes(up)} "
          f"(the same updates as fp32: {human_bytes(raw)}, {raw / max(up, 1):.1f}x smaller), "
          f"down {human_bytes(down)} (models + shards)")
@@ -160,9 +172,10 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
         ckpt = _save_final_model(cluster, out, info, v)
     except Exception as exc:  # the summary is still useful without the model
         echo(f"-- could not fetch the final model: {exc}")
-        return
+        return figures
     echo(f"-- final model v{v}: {ckpt} (coordinator state: {out / 'coordinator'})")
     loss = _final_val_loss(cluster, v)
+    figures.update(final_val_loss=loss, checkpoint=str(ckpt))
     if loss is None:
         echo("-- held-out loss of the final model: not evaluated yet (see the dashboard)")
     else:
@@ -173,3 +186,4 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
     for line in sample_lines(ckpt, prompt="def ", tokens=sample_tokens, max_lines=8):
         echo(f"   | {line}")
     echo(f"   (more: trainnet sample --checkpoint {ckpt})")
+    return figures
