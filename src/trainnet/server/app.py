@@ -125,8 +125,13 @@ def create_app(rt: Runtime) -> FastAPI:
 
     async def signed_json(request: Request, path: str, handler: Callable[..., dict]) -> dict:
         now = time.time()
+<<<<<<< HEAD
         caller = await run_in_threadpool(api.auth.caller, request.headers, request.method, path, now)
         body = await read_body(request, lim.max_json_bytes, json_s)
+=======
+        caller = api.auth.caller(request.headers, request.method, path, now)  # CPU only: no thread hop
+        body = await read_body(request, lim.max_json_bytes, lim.body_timeout_s)
+>>>>>>> loadbench
         api.auth.check_body(caller, body)
         return await run_in_threadpool(handler, caller, body, now)
 
@@ -158,7 +163,7 @@ def create_app(rt: Runtime) -> FastAPI:
     async def update(request: Request, task_id: str) -> Response:
         async def run() -> dict:
             now = time.time()
-            caller = await run_in_threadpool(api.auth.caller, request.headers, "POST", f"/v1/update/{task_id}", now)
+            caller = api.auth.caller(request.headers, "POST", f"/v1/update/{task_id}", now)
             ticket = await run_in_threadpool(api.uploads.begin, caller, task_id, _content_length(request), now)
             size, sha = await run_in_threadpool(_stream_into, request, svc.blobs, ticket.key, ticket.max_bytes,
                                                 lim.body_timeout_s)

@@ -33,6 +33,10 @@ from trainnet.store.state import StateStore, open_state_store
 
 log = logging.getLogger("trainnet.coordinator")
 INLINE_MERGE_BELOW = 4_000_000  # parameters: below this an embedded aggregator merges in the coordinator
+# How often the merge job in flight is polled when idle. Each poll reads every merge task of the job with its spec,
+# which lists all the job's updates (~0.4 KB each: ~0.85 MB of JSON at a quorum of 2,100), so polling every 50 ms
+# took a fifth of the coordinator's GIL time at 4,200 nodes (bench/results/load.md).
+MERGE_POLL_S = 0.25
 
 
 def state_urls(state_dir: str | Path | None, db: str | None, blobs: str | None) -> tuple[str, str]:
@@ -135,7 +139,7 @@ class Runtime:
 
     def start(self) -> None:
         lim = self.svc.limits
-        duties = [(lim.tick_s, self.tick, "clock"), (0.05, self.merges, "merges"),
+        duties = [(lim.tick_s, self.tick, "clock"), (MERGE_POLL_S, self.merges, "merges"),
                   (0.25, self.verify, "verifier"), (0.5, self.evaluate, "evaluator"),
                   (lim.tick_s, self.housekeeping, "housekeeping")]
         duties += [(0.1, lambda a=a: self._aggregate(a), f"aggregator{i}") for i, a in enumerate(self.aggregators)]
