@@ -1,6 +1,8 @@
 """Blob keys of the data plane (all chosen by TrainNet; see docs/STORAGE.md).
 
     updates/<task>-<tag>.tnup                 a worker's encoded update (core.Coordinator.upload_key)
+    updates/accepted/<task>-<tag>.tnup        ...moved there by the coordinator when it was presigned (the
+                                              worker could overwrite the first key until its URL expires)
     audits/<hex>.safetensors                  residuals a worker revealed for an audited task
     agg/r<shard>/v<version>.theta|.mom|.pub   an aggregator shard's exact parameters, outer momentum and the
                                               published reconstruction of its range, after that version
@@ -26,3 +28,8 @@ def chunk(sha256: str) -> str:
 
 def manifest(version: int) -> str:
     return f"versions/v{version:08d}.json"
+
+
+def accepted(upload_key: str) -> str:
+    """Where a presigned upload is copied before it is submitted (a key only the coordinator writes)."""
+    return upload_key.replace("updates/", "updates/accepted/", 1)

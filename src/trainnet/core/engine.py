@@ -27,6 +27,7 @@ import math
 from collections import deque
 from typing import Any
 
+from trainnet.aggregate import keys
 from trainnet.consensus.plan import decomposable
 from trainnet.core.changes import Tracker
 from trainnet.core.merging import MergeMixin
@@ -338,7 +339,7 @@ class Coordinator(VerifyMixin, MergeMixin):
             return self._reject(node, REJECT_TOKENS, now, msg)
         if msg.codec != spec.codec:
             return self._reject(node, REJECT_CODEC, now, msg)
-        if msg.blob != lease.upload_key:
+        if msg.blob not in (lease.upload_key, keys.accepted(lease.upload_key)):
             return self._reject(node, REJECT_UNKNOWN_TASK, now, msg)
         if not _is_sha256(msg.header_sha256) or not _is_sha256(msg.sha256):
             # The aggregators trust a stored update's bytes through its signed header hash (and the per-block

@@ -125,13 +125,8 @@ def create_app(rt: Runtime) -> FastAPI:
 
     async def signed_json(request: Request, path: str, handler: Callable[..., dict]) -> dict:
         now = time.time()
-<<<<<<< HEAD
-        caller = await run_in_threadpool(api.auth.caller, request.headers, request.method, path, now)
-        body = await read_body(request, lim.max_json_bytes, json_s)
-=======
         caller = api.auth.caller(request.headers, request.method, path, now)  # CPU only: no thread hop
-        body = await read_body(request, lim.max_json_bytes, lim.body_timeout_s)
->>>>>>> loadbench
+        body = await read_body(request, lim.max_json_bytes, json_s)
         api.auth.check_body(caller, body)
         return await run_in_threadpool(handler, caller, body, now)
 

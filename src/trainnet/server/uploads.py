@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from trainnet.aggregate import keys
 from trainnet.codec.spec import parse_codec
 from trainnet.protocol.auth import verify_update
 from trainnet.protocol.ids import is_id
@@ -215,7 +216,7 @@ class Uploads:
         if stored != nbytes:
             raise ApiError(422, "bad_blob", f"the stored upload is {stored} bytes, the metadata says {nbytes}")
         # The stored bytes move to a key only the coordinator can write, so the worker cannot swap them later.
-        final = t.key.replace("updates/", "updates/accepted/", 1)
+        final = keys.accepted(t.key)
         self.svc.blobs.copy(t.key, final)
         self.svc.blobs.delete(t.key)
         try:

@@ -68,7 +68,8 @@ class Partial:
 
 @dataclass
 class TaskHooks:
-    on_step: Callable[[int, float], None] | None = None  # after each step: (steps done, loss of that step)
+    # After each step: (steps done, that step's loss as a detached 0-d tensor; float() of it waits for the device).
+    on_step: Callable[[int, torch.Tensor], None] | None = None
     should_pause: Callable[[], bool] | None = None  # checked after each step: True stops with a Partial
     resume: Partial | None = None  # continue this partial task instead of starting from the base
     task_id: str = ""

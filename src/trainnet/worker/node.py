@@ -417,10 +417,16 @@ class Worker:
         t0 = time.monotonic() - (resume.elapsed_s if resume is not None else 0.0)
         first = resume.step if resume is not None else 0
 
-        def on_step(done: int, loss: float) -> None:
-            rate = (done - first) / max(time.monotonic() - t0 - (resume.elapsed_s if resume else 0.0), 1e-6)
+        shown = [0.0]
+
+        def on_step(done: int, loss: torch.Tensor) -> None:
+            now = time.monotonic()
+            if done < steps and now - shown[0] < 1.0:
+                return  # at most once a second: reading the loss waits for the GPU
+            shown[0] = now
+            rate = (done - first) / max(now - t0 - (resume.elapsed_s if resume else 0.0), 1e-6)
             self.progress = {"steps_done": done, "steps": steps, "tokens_done": done * per_step,
-                             "eta_s": round((steps - done) / max(rate, 1e-9), 1), "loss": round(loss, 4)}
+                             "eta_s": round((steps - done) / max(rate, 1e-9), 1), "loss": round(float(loss), 4)}
             self.status.update(note=f"{100 * done / steps:.0f}% of {task['task_id']}")
 
         self.progress = {}
