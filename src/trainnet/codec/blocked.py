@@ -40,23 +40,25 @@ class NonFiniteBlock(ValueError):
 
 
 class _Workspace(threading.local):
-    """Per-thread scratch buffers, grown on demand and reused across calls (views made once, not per group)."""
+    """Per-thread scratch buffers for one group, grown on demand and reused across calls."""
 
     def __init__(self) -> None:
-        self.cap = self.pcap = 0
+        self.cap = self.rows = self.ucap = 0
 
-    def ensure(self, group_elems: int, group_rows: int) -> None:
-        if group_elems > self.cap:
-            self.cap = group_elems
-            self.f = torch.empty(group_elems)  # float32 scratch for one group
+    def ensure(self, elems: int, rows: int, noise: bool = False) -> None:
+        if elems > self.cap:
+            self.cap = elems
+            self.f = torch.empty(elems)  # float32 scratch: x - offset, then M + code
             self.f_i32 = self.f.view(torch.int32)
-            self.u = torch.empty(group_elems)  # uniform noise (stochastic rounding)
-            self.codes = np.zeros(group_elems + 8, np.uint8)  # codes of one group, padded to whole words
+            self.codes = np.zeros(elems + 8, np.uint8)  # one code per byte, padded to whole words
             self.codes_t = torch.from_numpy(self.codes)
-        if group_rows > self.pcap:
-            self.pcap = group_rows
-            self.mn, self.mx = torch.empty(group_rows), torch.empty(group_rows)
-            self.off, self.sc = torch.empty(group_rows), torch.empty(group_rows)
+        if rows > self.rows:
+            self.rows = rows
+            self.mn, self.mx = torch.empty(rows), torch.empty(rows)
+            self.off, self.sc = torch.empty(rows), torch.empty(rows)
+        if noise and elems > self.ucap:
+            self.ucap = elems
+            self.u = torch.empty(elems)  # uniform noise for stochastic rounding
 
 
 _WS = _Workspace()
@@ -169,7 +171,7 @@ def quantize_blocked(x: torch.Tensor, block: int, bits: int,
     rows, nb = _geometry(n, block)
     nfull = n // block
     ws = _WS
-    ws.ensure(rows * block, rows)
+    ws.ensure(min(rows, nb) * block, min(rows, nb), noise=gen is not None)
     last0 = (nfull // rows) * rows  # first block of the last group
     groups = list(x[: last0 * block].view(last0, block).split(rows)) if last0 else []
     if nb > last0:  # the last group; a copy padded like values._pad_blocks if its last block is partial
@@ -216,7 +218,7 @@ def dequantize_blocked(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     rows, nb = _geometry(n, block)
     nfull = n // block
     ws = _WS
-    ws.ensure(rows * block, 0)
+    ws.ensure(min(rows, nb) * block, 0)
     out = torch.from_numpy(np.empty(n, np.float32))
     out_full = out[: nfull * block].view(nfull, block)
     packed = q.numpy()
