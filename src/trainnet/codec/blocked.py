@@ -6,18 +6,18 @@
 Bit for bit the same results as the whole-tensor code in values.py (QuantValues._encode_reference /
 _decode_reference), pinned by tests/codec/test_codec_reference.py. What differs is how memory is used:
 
-- The input is walked in groups of GROUP_ELEMS values (256 KB of float32, so a group and its one float
-  scratch buffer sit in L2), with every per-element step run on the group while it is cached. Block minima
-  and maxima of a whole super-group (SUPER_ELEMS values, a few MB that stay in L3) come first, so the
-  per-block float16 arithmetic runs once per super-group instead of once per small group.
-- Rounding to nearest uses the float32 "magic number" 1.5 * 2**23: fl(y + M) = M + rint(y) for 0 <= y < 2**22,
-  so one fused add (torch.addcdiv: M + d / scale) replaces round + clamp + a slow float->uint8 conversion;
-  the code is then the low byte of the float's bit pattern (a cheap int32->uint8 narrowing).
-- Bit packing multiplies 4 codes (one uint32) or 2 codes (one uint16) by a constant that gathers them into one
-  byte without carries; unpacking spreads one byte back with two multiply-and-mask steps.
-- Outputs are allocated by numpy, which asks the kernel for huge pages on large arrays: torch's allocator
-  faults in 4 KB pages one by one, which costs more than the whole quantization here.
-- Scratch buffers live in a per-thread workspace and are reused across calls.
+- The input is read from memory once, in groups of GROUP_ELEMS values: block minima, maxima, the float16
+  offsets and scales, x - offset, the rounding and the packing all run on a group while it is cached, in
+  one reused scratch buffer. Groups are 4 MB, in L3 rather than L2, because each torch call costs a few
+  microseconds of dispatch and the per-group float16 arithmetic about 20 calls: with 256 KB groups those
+  fixed costs outweighed the faster cache (measured on the 2-core box, bench/bench_codec_speed.py).
+- Rounding to nearest uses the float32 "magic number" M = 1.5 * 2**23: fl(y + M) = M + rint(y) for
+  0 <= y < 2**22, so one fused op (torch.addcdiv: M + d / scale) replaces round, clamp and a slow
+  float->uint8 conversion; the code is then the low byte of the float's bit pattern (an int32->uint8 copy).
+- Bit packing multiplies 4 codes (one uint32) or 2 codes (one uint16) by a constant that gathers them into
+  the top byte without carries; unpacking spreads a byte back with two multiply-and-mask steps.
+- Outputs are allocated by numpy, which asks the kernel for huge pages on large arrays; torch's allocator
+  faults fresh memory in 4 KB pages, several microseconds each on this machine.
 """
 
 from __future__ import annotations
@@ -122,12 +122,13 @@ def _block_params(mn: np.ndarray, mx: np.ndarray, levels: int, off16: np.ndarray
     where(scale > 0, ..., 0) does). Raises NonFiniteBlock where the reference raises (a NaN/Inf offset or
     scale: a sum of finite float16 values cannot overflow float32, so one sum per array detects them).
     """
-    _fp16_directed(mn, True, off16, off)
-    span = np.subtract(mx, off)
-    np.divide(span, np.float32(levels), out=span)
-    _fp16_directed(span, False, sc16, scale_safe)
-    if not (np.isfinite(off.sum()) and np.isfinite(scale_safe.sum())):
-        raise NonFiniteBlock
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf only reach here on the way to the error
+        _fp16_directed(mn, True, off16, off)
+        span = np.subtract(mx, off)
+        np.divide(span, np.float32(levels), out=span)
+        _fp16_directed(span, False, sc16, scale_safe)
+        if not (np.isfinite(off.sum()) and np.isfinite(scale_safe.sum())):
+            raise NonFiniteBlock
     np.add(scale_safe, scale_safe == 0, out=scale_safe)
 
 
