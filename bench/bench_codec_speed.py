@@ -35,6 +35,8 @@ import torch
 from simrunner import cpu_model  # bench/ is the script directory
 
 from trainnet.codec import parse_codec
+from trainnet.codec.blocked import dequantize_blocked
+from trainnet.codec.codecs import DENSE_DEFAULT_BLOCK
 
 SECTION = "## Against a single-threaded memory copy"
 CODECS = ["int8", "q4", "q2", "int8:sr", "q4:sr", "q2:sr"]
@@ -46,16 +48,26 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _kernel_decode(spec: str, enc, out: torch.Tensor):
+    """The blocked decode kernel alone, into a reused output: no validation, no fresh allocation."""
+    vc = parse_codec(spec).values
+    block = vc._block(DENSE_DEFAULT_BLOCK)
+    p = enc.parts
+    return lambda: dequantize_blocked(p["q"], p["scale"], p["offset"], out.numel(), block, vc.bits, out=out)
+
+
 def measure(numel: int, specs: list[str], repeats: int, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per repetition for 'copy', 'fresh copy' and '<spec> enc' / '<spec> dec' of every spec."""
+    """Seconds per repetition for 'copy', 'fresh copy' and '<spec> enc' / 'dec' / 'kernel' of every spec."""
     x = torch.randn(numel, generator=torch.Generator().manual_seed(seed)) * 1e-3
     a = x.numpy()
     dst = np.empty_like(a)
     dst[:] = 0.0  # fault the destination in before timing
+    out = torch.zeros(numel)
     codecs = {s: parse_codec(s) for s in specs}
     encoded = {s: c.encode(x) for s, c in codecs.items()}  # warm-up (and the decode inputs)
+    kernels = {s: _kernel_decode(s, encoded[s], out) for s in specs}
     for s, c in codecs.items():
-        c.decode(encoded[s])
+        assert torch.equal(c.decode(encoded[s]), kernels[s]())
     times: dict[str, list[float]] = {}
     for _ in range(repeats):
         times.setdefault("copy", []).append(_timed(lambda: np.copyto(dst, a)))
@@ -63,6 +75,7 @@ def measure(numel: int, specs: list[str], repeats: int, seed: int = 0) -> dict[s
         for s, c in codecs.items():
             times.setdefault(f"{s} enc", []).append(_timed(lambda: c.encode(x)))  # noqa: B023
             times.setdefault(f"{s} dec", []).append(_timed(lambda: c.decode(encoded[s])))  # noqa: B023
+            times.setdefault(f"{s} kernel", []).append(_timed(kernels[s]))
     return times
 
 
@@ -89,14 +102,18 @@ def section(numel: int, specs: list[str], repeats: int, times: dict[str, list[fl
         "other jobs, so single figures move by tens of percent between runs; the copy is timed in the same "
         "repetitions to keep the ratio honest).",
         "",
-        "| codec (rounding) | encode GB/s | encode % of copy | decode GB/s | decode % of copy |",
-        "|---|---:|---:|---:|---:|",
+        "- Decode kernel: `codec.blocked.dequantize_blocked` alone, writing into one reused output tensor (no "
+        "validation, no fresh allocation): what decode would cost if its caller recycled output buffers.",
+        "",
+        "| codec (rounding) | encode GB/s | encode % of copy | decode GB/s | decode % of copy "
+        "| decode kernel GB/s | kernel % of copy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in specs:
-        enc_bw, dec_bw = 4 * numel / med[f"{s} enc"], 4 * numel / med[f"{s} dec"]
+        bw = {k: 4 * numel / med[f"{s} {k}"] for k in ("enc", "dec", "kernel")}
         name = parse_codec(s).spec + (" (stochastic)" if ":sr" in s else " (nearest)")
-        lines.append(f"| {name} | {enc_bw / 1e9:.2f} | {100 * enc_bw / copy_bw:.0f}% | {dec_bw / 1e9:.2f} | "
-                     f"{100 * dec_bw / copy_bw:.0f}% |")
+        lines.append(f"| {name} | " + " | ".join(f"{bw[k] / 1e9:.2f} | {100 * bw[k] / copy_bw:.0f}%"
+                                                 for k in ("enc", "dec", "kernel")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,9 @@ def test_blocked_encode_decode_match_reference_across_groups(bits: int, block: i
         assert torch.equal(offset.view(torch.int16), ref["offset"].view(torch.int16))
         y = blocked.dequantize_blocked(q, scale, offset, n, block, bits)
         assert torch.equal(y, vc._decode_reference(ref, n, block)), (n, block)
+        out = torch.full((n,), float("nan"))
+        assert blocked.dequantize_blocked(q, scale, offset, n, block, bits, out=out) is out
+        assert torch.equal(out, y)
 
 
 @pytest.mark.usefixtures("small_groups")

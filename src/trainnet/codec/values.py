@@ -145,10 +145,11 @@ class QuantValues(ValueCodec):
 
     def encode(self, v: torch.Tensor, default_block: int) -> dict[str, torch.Tensor]:
         block = self._block(default_block)
+        # Contiguous float32 on CPU: the cache-blocked kernels; anything else (GPU...): the whole-tensor code.
         if v.device.type == "cpu" and v.dtype == torch.float32 and v.is_contiguous() and v.numel():
             gen = self._generator(v.device) if self.stochastic else None
             try:
-                q, scale, offset = quantize_blocked(v.reshape(-1), block, self.bits, gen)
+                q, scale, offset = quantize_blocked(v.detach().reshape(-1), block, self.bits, gen)
             except NonFiniteBlock:  # a float16-range error: the reference code raises it with its message
                 return self._encode_reference(v, block)
             return {"q": q, "scale": scale, "offset": offset}
@@ -175,7 +176,7 @@ class QuantValues(ValueCodec):
 
     def decode(self, parts: dict[str, torch.Tensor], n: int, default_block: int) -> torch.Tensor:
         block = self._block(default_block)
-        if n and all(p.device.type == "cpu" for p in parts.values()):
+        if n and all(p.device.type == "cpu" for p in parts.values()):  # as in encode
             return dequantize_blocked(parts["q"], parts["scale"], parts["offset"], n, block, self.bits)
         return self._decode_reference(parts, n, block)
 
