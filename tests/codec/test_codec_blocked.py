@@ -95,7 +95,7 @@ def test_pack_and_unpack_match_bits_module(bits: int) -> None:
         out = np.empty(-(-count * bits // 8), np.uint8)
         blocked._pack_into(buf, count, bits, out)
         assert torch.equal(torch.from_numpy(out), pack_bits(codes, bits)), count
-        m = blocked._unpack_into(out, bits, buf)
+        m = blocked._unpack_into(out, bits, buf, np.empty(out.size, np.uint16))
         assert m >= count and torch.equal(torch.from_numpy(buf[:count]).long(), unpack_bits(torch.from_numpy(out),
                                                                                              bits, count))
 

@@ -52,6 +52,7 @@ class _Workspace(threading.local):
             self.f_i32 = self.f.view(torch.int32)
             self.codes = np.zeros(elems + 8, np.uint8)  # one code per byte, padded to whole words
             self.codes_t = torch.from_numpy(self.codes)
+            self.tmp16 = np.empty(elems // 2 + 4, np.uint16)  # unpacking scratch (q4)
         if rows > self.rows:
             self.rows = rows
             self.mn, self.mx = torch.empty(rows), torch.empty(rows)
@@ -144,8 +145,11 @@ def _pack_into(codes: np.ndarray, count: int, bits: int, out: np.ndarray) -> Non
     np.copyto(out, w, casting="unsafe")
 
 
-def _unpack_into(packed: np.ndarray, bits: int, codes: np.ndarray) -> int:
-    """Inverse of _pack_into: one code per byte into codes[: len(packed) * 8 // bits]; returns that length."""
+def _unpack_into(packed: np.ndarray, bits: int, codes: np.ndarray, tmp16: np.ndarray) -> int:
+    """Inverse of _pack_into: one code per byte into codes[: len(packed) * 8 // bits]; returns that length.
+
+    tmp16: uint16 scratch of at least len(packed) elements (in-place ops only: a temporary array per call
+    would be a fresh allocation, and page faults, per group)."""
     m = packed.size
     if bits == 2:
         w = codes[: 4 * m].view(np.uint32)
@@ -155,9 +159,11 @@ def _unpack_into(packed: np.ndarray, bits: int, codes: np.ndarray) -> int:
         np.multiply(w, np.uint32(65), out=w)  # each nibble again 6 bits higher
         np.bitwise_and(w, np.uint32(0x03030303), out=w)  # code j in byte j
         return 4 * m
-    w = codes[: 2 * m].view(np.uint16)
+    w, t = codes[: 2 * m].view(np.uint16), tmp16[:m]
     np.copyto(w, packed, casting="unsafe")
-    np.bitwise_and(np.bitwise_or(w, np.left_shift(w, 4)), np.uint16(0x0F0F), out=w)
+    np.left_shift(w, 4, out=t)  # high nibble into bits 8-11
+    np.bitwise_or(w, t, out=w)
+    np.bitwise_and(w, np.uint16(0x0F0F), out=w)  # code 0 in byte 0, code 1 in byte 1
     return 2 * m
 
 
@@ -223,12 +229,11 @@ def dequantize_blocked(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     rows, nb = _geometry(n, block)
     nfull = n // block
     ws = _WS
-    ws.ensure(min(rows, nb) * block, 0)
+    ws.ensure(min(rows, nb) * block, min(rows, nb))
     if out is None:
         out = torch.from_numpy(np.empty(n, np.float32))
     out_full = out[: nfull * block].view(nfull, block)
     packed = q.numpy()
-    sc_col, off_col = scale.float().unsqueeze(1), offset.float().unsqueeze(1)
     for g0 in range(0, nb, rows):
         g1 = min(nb, g0 + rows)
         r, count = g1 - g0, min(n, g1 * block) - g0 * block
@@ -236,15 +241,16 @@ def dequantize_blocked(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
         if bits == 8:
             codes = torch.from_numpy(packed[first:last])
         else:
-            codes = ws.codes_t[: _unpack_into(packed[first:last], bits, ws.codes)][:count]
+            codes = ws.codes_t[: _unpack_into(packed[first:last], bits, ws.codes, ws.tmp16)][:count]
         f = ws.f[: r * block]
         f[:count].copy_(codes)
         f2 = f.view(r, block)
+        sc_col, off_col = ws.sc[:r].copy_(scale[g0:g1]).unsqueeze(1), ws.off[:r].copy_(offset[g0:g1]).unsqueeze(1)
         # code * scale is exact (8-bit code, 11-bit scale), so mul then add rounds once, like addcmul.
-        torch.mul(f2, sc_col[g0:g1], out=f2)
+        torch.mul(f2, sc_col, out=f2)
         if g1 <= nfull:
-            torch.add(f2, off_col[g0:g1], out=out_full[g0:g1])
+            torch.add(f2, off_col, out=out_full[g0:g1])
         else:  # the group with the partial last block: values past n are computed, then dropped
-            f2.add_(off_col[g0:g1])
+            f2.add_(off_col)
             out[g0 * block :].copy_(f[:count])
     return out
