@@ -46,10 +46,12 @@ SECTION = "## Against a single-threaded memory copy"
 CODECS = ["int8", "q4", "q2", "int8:sr", "q4:sr", "q2:sr"]
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds) of one call: the second leaves out time-slices other jobs
+    took from us, though not their sharing of caches and memory bandwidth."""
+    t, c = time.perf_counter(), time.thread_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.thread_time() - c
 
 
 def _kernel_decode(spec: str, enc, out: torch.Tensor):
@@ -60,8 +62,8 @@ def _kernel_decode(spec: str, enc, out: torch.Tensor):
     return lambda: dequantize_blocked(p["q"], p["scale"], p["offset"], out.numel(), block, vc.bits, out=out)
 
 
-def measure(numel: int, specs: list[str], repeats: int, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per repetition for 'copy', 'fresh copy' and '<spec> enc' / 'dec' / 'kernel' of every spec."""
+def measure(numel: int, specs: list[str], repeats: int, seed: int = 0) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds per repetition for 'copy', 'fresh copy' and '<spec> enc' / 'dec' / 'kernel'."""
     x = torch.randn(numel, generator=torch.Generator().manual_seed(seed)) * 1e-3
     a = x.numpy()
     dst = np.empty_like(a)
@@ -73,7 +75,7 @@ def measure(numel: int, specs: list[str], repeats: int, seed: int = 0) -> dict[s
     for s, c in codecs.items():
         y = c.decode(encoded[s])
         assert s not in kernels or torch.equal(y, kernels[s]())
-    times: dict[str, list[float]] = {}
+    times: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
         times.setdefault("copy", []).append(_timed(lambda: np.copyto(dst, a)))
         times.setdefault("fresh copy", []).append(_timed(lambda: a.copy()))
@@ -85,13 +87,27 @@ def measure(numel: int, specs: list[str], repeats: int, seed: int = 0) -> dict[s
     return times
 
 
-def section(numel: int, specs: list[str], repeats: int, times: dict[str, list[float]], cmd: str,
-            load: tuple[float, float]) -> str:
-    """The markdown section: header lines and one row per codec."""
-    med = {k: statistics.median(v) for k, v in times.items()}
+def _rows(numel: int, specs: list[str], med: dict[str, float]) -> list[str]:
     copy_bw = 8 * numel / med["copy"]  # bytes read + written per second
-    fresh_bw = 8 * numel / med["fresh copy"]
-    spread = f"{8 * numel / max(times['copy']) / 1e9:.1f}-{8 * numel / min(times['copy']) / 1e9:.1f}"
+    rows = []
+    for spec in specs:
+        cells = []
+        for k in ("enc", "dec", "kernel"):
+            bw = 4 * numel / med[f"{spec} {k}"] if f"{spec} {k}" in med else None
+            cells.append(f"{bw / 1e9:.2f} | {100 * bw / copy_bw:.0f}%" if bw else "n/a | n/a")
+        name = parse_codec(spec).spec + (" (stochastic)" if ":sr" in spec else " (nearest)")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def section(numel: int, specs: list[str], repeats: int, times: dict[str, list[tuple[float, float]]], cmd: str,
+            load: tuple[float, float]) -> str:
+    """The markdown section: header lines, the wall-clock table and the same from CPU time."""
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    copies = [8 * numel / w / 1e9 for w, _ in times["copy"]]
+    head = "| codec (rounding) | encode GB/s | % of copy | decode GB/s | % of copy | decode kernel GB/s | % of copy |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
     lines = [
         SECTION, "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
@@ -99,29 +115,22 @@ def section(numel: int, specs: list[str], repeats: int, times: dict[str, list[fl
         f"torch {torch.__version__}, numpy {np.__version__}; 1 torch thread",
         f"- Command: `{cmd}`",
         f"- Data: one float32 tensor of {numel:,} elements ({4 * numel / 2**20:.0f} MiB), Gaussian std 1e-3, seed 0.",
-        f"- Copy: `np.copyto` into a preallocated array, {copy_bw / 1e9:.1f} GB/s read + write (median of {repeats}; "
-        f"range {spread} GB/s). Into a fresh array (`a.copy()`, page faults included): {fresh_bw / 1e9:.1f} GB/s.",
-        "- Codec GB/s: float32 input bytes per second (4 per element); % = that / copy bandwidth (read + write), "
-        "so 50% means the codec takes as long as the copy. Decode includes validation and allocating its "
-        "output. Medians of the repetitions, each timing copy, encodes and decodes back to back.",
-        f"- Load: 1-minute load average {load[0]:.1f} before and {load[1]:.1f} after (the 2 cores are shared with "
-        "other jobs, so single figures move by tens of percent between runs; the copy is timed in the same "
-        "repetitions to keep the ratio honest).",
+        f"- Copy: `np.copyto` into a preallocated array, {8 * numel / wall['copy'] / 1e9:.1f} GB/s read + write "
+        f"(median of {repeats}; range {min(copies):.1f}-{max(copies):.1f} GB/s). Into a fresh array (`a.copy()`, "
+        f"page faults included): {8 * numel / wall['fresh copy'] / 1e9:.1f} GB/s.",
+        "- Codec GB/s: float32 input bytes per second (4 per element); % of copy = that / the copy's read + write "
+        "bandwidth, so 50% means the codec takes as long as the copy. Decode includes validation and allocating "
+        "its output; the decode kernel is `codec.blocked.dequantize_blocked` alone, writing into one reused "
+        "output (what decode would cost if its caller recycled output buffers).",
+        f"- Load: 1-minute load average {load[0]:.1f} before and {load[1]:.1f} after. The 2 cores are shared with "
+        "other jobs, so figures move by tens of percent between runs; every repetition times the copy and the "
+        "codecs back to back, and the table gives medians.",
         "",
-        "- Decode kernel: `codec.blocked.dequantize_blocked` alone, writing into one reused output tensor (no "
-        "validation, no fresh allocation): what decode would cost if its caller recycled output buffers.",
-        "",
-        "| codec (rounding) | encode GB/s | encode % of copy | decode GB/s | decode % of copy "
-        "| decode kernel GB/s | kernel % of copy |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        head, rule, *_rows(numel, specs, wall), "",
+        "The same from this thread's CPU time (medians; leaves out time-slices taken by other jobs, not their "
+        f"use of the shared caches; copy {8 * numel / cpu['copy'] / 1e9:.1f} GB/s read + write):", "",
+        head, rule, *_rows(numel, specs, cpu),
     ]
-    for s in specs:
-        cells = []
-        for k in ("enc", "dec", "kernel"):
-            bw = 4 * numel / med[f"{s} {k}"] if f"{s} {k}" in med else None
-            cells.append(f"{bw / 1e9:.2f} | {100 * bw / copy_bw:.0f}%" if bw else "n/a | n/a")
-        name = parse_codec(s).spec + (" (stochastic)" if ":sr" in s else " (nearest)")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
