@@ -49,7 +49,7 @@ class _Workspace(threading.local):
         if elems > self.cap:
             self.cap = elems
             self.f = torch.empty(elems)  # float32 scratch: x - offset, then M + code
-            self.f_i32 = self.f.view(torch.int32)
+            self.f_i32 = self.f.view(torch.int32).numpy()
             self.codes = np.zeros(elems + 8, np.uint8)  # one code per byte, padded to whole words
             self.codes_t = torch.from_numpy(self.codes)
             self.tmp16 = np.empty(elems // 2 + 4, np.uint16)  # unpacking scratch (q4)
@@ -206,10 +206,11 @@ def quantize_blocked(x: torch.Tensor, block: int, bits: int,
                 torch.rand(r, block, generator=gen, out=u)
                 d.add_(u).floor_().clamp_(0, levels).add_(MAGIC)
             first, last = g0 * block * bits // 8, packed_len(g0 * block + count, bits)
-            if bits == 8:  # int32 -> uint8 keeps the low byte, which is the code
-                torch.from_numpy(packed[first:last]).copy_(ws.f_i32[:count])
+            # The code is the low byte of M + code's bit pattern: numpy's int32 -> uint8 cast wraps (keeps it).
+            if bits == 8:
+                np.copyto(packed[first:last], ws.f_i32[:count], casting="unsafe")
             else:
-                ws.codes_t[:count].copy_(ws.f_i32[:count])
+                np.copyto(ws.codes[:count], ws.f_i32[:count], casting="unsafe")
                 _pack_into(ws.codes, count, bits, packed[first:last])
     except BaseException:
         if gen is not None:
