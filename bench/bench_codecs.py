@@ -3,6 +3,9 @@
     PYTHONPATH=src python bench/bench_codecs.py                 # writes bench/results/codecs_speed.md
     PYTHONPATH=src python bench/bench_codecs.py --repeats 5 --codecs q4,topk:0.015+q2
 
+The file's last section (quantizing codecs as a share of a memory copy's bandwidth) is written by
+bench/bench_codec_speed.py and kept as it is here.
+
 Data: a ~10.5M-parameter dict of realistic transformer shapes filled with Gaussian noise (std 1e-3, seeded).
 Noise has no spatial structure, which is the worst case for the DCT codecs; real pseudo-gradients are
 smoother, so their DCT errors here are pessimistic. Speeds are MB/s of float32 parameters (4 bytes/param),
@@ -21,7 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from simrunner import cpu_model  # bench/ is the script directory
+from bench_codec_speed import SECTION as COPY_SECTION  # bench/ is the script directory
+from simrunner import cpu_model
 
 from trainnet.codec import parse_codec
 from trainnet.protocol.wire import decode_update, encode_update
@@ -122,8 +126,11 @@ def main() -> None:
         label = f"`{r['spec']}`" + (" (default)" if r["spec"] == parse_codec(args.default).spec else "")
         lines.append(f"| {label} | {speeds} | {r['wire_bits']:.4f} | {r['payload_bits']:.4f} | "
                      f"{32 * 30 / r['wire_bits']:,.0f} | {r['rel_err']:.4f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the copy-relative section that bench_codec_speed.py writes into the same file.
+    kept = out.read_text().split(COPY_SECTION, 1) if out.exists() else [""]
+    out.write_text("\n".join(lines) + "\n" + (f"\n{COPY_SECTION}{kept[1]}" if len(kept) > 1 else ""))
     print(f"wrote {args.out}")
 
 

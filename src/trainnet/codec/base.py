@@ -78,18 +78,34 @@ class Codec(ABC):
     def _decode_flat(self, parts: dict[str, torch.Tensor], numel: int) -> torch.Tensor:
         """Decode validated parts into a flat float32 tensor of `numel` elements."""
 
+    # True when _encode_flat itself raises ValueError on any NaN/Inf input (encode then skips its own check).
+    encode_rejects_nonfinite: bool = False
+
     def _check_parts(self, parts: dict[str, torch.Tensor], numel: int) -> None:
         """Content checks beyond layout (index ranges...). Raise ValueError."""
         return None
+
+    def _decodes_finite(self, parts: dict[str, torch.Tensor]) -> bool:
+        """True when these parts cannot decode to NaN/Inf (decode then skips its pass over the output)."""
+        return False
 
     def encode(self, t: torch.Tensor) -> EncodedTensor:
         """Encode `t` (any float dtype/shape). Raises ValueError on NaN/Inf or values the codec can't hold."""
         if not torch.is_floating_point(t):
             raise ValueError(f"codec {self.spec!r} encodes float tensors, got {t.dtype}")
         x = t.detach().reshape(-1).to(torch.float32)
-        if not all_finite(x):
-            raise ValueError(f"codec {self.spec!r}: tensor contains NaN or Inf")
-        parts = self._encode_flat(x)
+        if self.encode_rejects_nonfinite:
+            # The encoder fails on any NaN/Inf by itself, so the full pass over x is only made to name the error.
+            try:
+                parts = self._encode_flat(x)
+            except ValueError:
+                if not all_finite(x):
+                    raise ValueError(f"codec {self.spec!r}: tensor contains NaN or Inf") from None
+                raise
+        else:
+            if not all_finite(x):
+                raise ValueError(f"codec {self.spec!r}: tensor contains NaN or Inf")
+            parts = self._encode_flat(x)
         dtype = str(t.dtype).removeprefix("torch.")
         return EncodedTensor(self.spec, tuple(t.shape), parts, dtype)
 
@@ -115,7 +131,7 @@ class Codec(ABC):
         if validate:
             self.validate(enc)
         out = self._decode_flat(enc.parts, enc.numel).reshape(enc.shape)
-        if not all_finite(out):
+        if not self._decodes_finite(enc.parts) and not all_finite(out):
             raise ValueError(f"codec {self.spec!r}: decoded tensor contains NaN or Inf")
         return out
 

@@ -98,5 +98,9 @@ def fp16_round_down(x: torch.Tensor, what: str = "offset") -> torch.Tensor:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """True when no element is NaN or Inf. max(|t|) propagates both, and is ~15x faster than isfinite().all()."""
-    return t.numel() == 0 or bool(torch.isfinite(t.abs().amax()))
+    """True when no element is NaN or Inf: amax and amin propagate NaN and show +-Inf.
+
+    Two read-only reductions, far faster than isfinite().all(), and than max(|t|), whose full-size temporary
+    costs a page fault per 4 KB on a large tensor.
+    """
+    return t.numel() == 0 or (bool(torch.isfinite(t.amax())) and bool(torch.isfinite(t.amin())))

@@ -30,6 +30,7 @@ class DenseCodec(Codec):
         self.values = values
         self.spec = values.spec
         self.lossless = values.lossless
+        self.encode_rejects_nonfinite = values.rejects_nonfinite
 
     def layout(self, numel: int) -> list[PartSpec]:
         return self.values.layout(numel, DENSE_DEFAULT_BLOCK)
@@ -42,6 +43,9 @@ class DenseCodec(Codec):
 
     def _check_parts(self, parts: dict[str, torch.Tensor], numel: int) -> None:
         self.values.check(parts, numel, DENSE_DEFAULT_BLOCK)
+
+    def _decodes_finite(self, parts: dict[str, torch.Tensor]) -> bool:
+        return self.values.decodes_finite(parts)
 
 
 def index_width(chunk: int) -> int:

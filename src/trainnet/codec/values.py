@@ -27,6 +27,7 @@ from trainnet.codec.bits import (
     packed_len,
     unpack_codes_u8,
 )
+from trainnet.codec.blocked import NonFiniteBlock, dequantize_blocked, quantize_blocked
 
 
 def _nblocks(n: int, block: int) -> int:
@@ -47,6 +48,7 @@ class ValueCodec(ABC):
     """Stores a flat float32 vector; `default_block` is supplied by the enclosing codec."""
 
     lossless = False
+    rejects_nonfinite = False  # True when encode raises ValueError on every input with a NaN or Inf
 
     @property
     @abstractmethod
@@ -64,6 +66,10 @@ class ValueCodec(ABC):
     def check(self, parts: dict[str, torch.Tensor], n: int, default_block: int) -> None:
         """Content checks beyond dtype/length/finiteness. Raise ValueError."""
         return None
+
+    def decodes_finite(self, parts: dict[str, torch.Tensor]) -> bool:
+        """True when decoding these parts cannot give NaN or Inf (lets decode skip a full pass over its output)."""
+        return False
 
 
 class FloatValues(ValueCodec):
@@ -98,6 +104,8 @@ class FloatValues(ValueCodec):
 class QuantValues(ValueCodec):
     """Blockwise asymmetric quantization to `bits` (2, 4 or 8) with float16 scale and offset per block."""
 
+    rejects_nonfinite = True  # a NaN/Inf makes its block's offset or scale non-finite, which raises
+
     def __init__(self, bits: int, block: int | None = None, stochastic: bool = False, seed: int = 0) -> None:
         if bits not in (2, 4, 8):
             raise ValueError(f"quantization bits must be 2, 4 or 8, got {bits}")
@@ -125,18 +133,35 @@ class QuantValues(ValueCodec):
             PartSpec("offset", torch.float16, nb),
         ]
 
-    def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        if self._gen is None or self._gen.device != like.device:
-            self._gen = torch.Generator(device=like.device)
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The stochastic-rounding generator: seeded once per device, then continued across calls."""
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device)
             self._gen.manual_seed(self.seed)
-        return torch.rand(like.shape, generator=self._gen, device=like.device, dtype=like.dtype)
+        return self._gen
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.rand(like.shape, generator=self._generator(like.device), device=like.device, dtype=like.dtype)
 
     def encode(self, v: torch.Tensor, default_block: int) -> dict[str, torch.Tensor]:
+        block = self._block(default_block)
+        # Contiguous float32 on CPU: the cache-blocked kernels; anything else (GPU...): the whole-tensor code.
+        if v.device.type == "cpu" and v.dtype == torch.float32 and v.is_contiguous() and v.numel():
+            gen = self._generator(v.device) if self.stochastic else None
+            try:
+                q, scale, offset = quantize_blocked(v.detach().reshape(-1), block, self.bits, gen)
+            except NonFiniteBlock:  # a float16-range error: the reference code raises it with its message
+                return self._encode_reference(v, block)
+            return {"q": q, "scale": scale, "offset": offset}
+        return self._encode_reference(v, block)
+
+    def _encode_reference(self, v: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
+        """Whole-tensor version (any device); the blocked CPU path must match it bit for bit."""
         n = v.numel()
         if n == 0:
             return {"q": v.new_zeros(0, dtype=torch.uint8), "scale": v.new_zeros(0, dtype=torch.float16),
                     "offset": v.new_zeros(0, dtype=torch.float16)}
-        x = _pad_blocks(v, self._block(default_block))
+        x = _pad_blocks(v, block)
         # amin/amax rather than aminmax: the fused op is several times slower on CPU here.
         mn, mx = x.amin(dim=1), x.amax(dim=1)
         off16 = fp16_round_down(mn, f"{self.spec}: block minimum")
@@ -150,9 +175,15 @@ class QuantValues(ValueCodec):
         return {"q": pack_bits(q.to(torch.uint8), self.bits), "scale": sc16, "offset": off16}
 
     def decode(self, parts: dict[str, torch.Tensor], n: int, default_block: int) -> torch.Tensor:
+        block = self._block(default_block)
+        if n and all(p.device.type == "cpu" for p in parts.values()):  # as in encode
+            return dequantize_blocked(parts["q"], parts["scale"], parts["offset"], n, block, self.bits)
+        return self._decode_reference(parts, n, block)
+
+    def _decode_reference(self, parts: dict[str, torch.Tensor], n: int, block: int) -> torch.Tensor:
+        """Whole-tensor version (any device); the blocked CPU path must match it bit for bit."""
         if n == 0:
             return torch.zeros(0, device=parts["q"].device)
-        block = self._block(default_block)
         nb = parts["scale"].numel()
         codes = unpack_codes_u8(parts["q"], self.bits, n)[:n]
         if codes.numel() < nb * block:
@@ -161,8 +192,14 @@ class QuantValues(ValueCodec):
         out = torch.addcmul(parts["offset"].float()[:, None], q, parts["scale"].float()[:, None])
         return out.reshape(-1)[:n]
 
+    def decodes_finite(self, parts: dict[str, torch.Tensor]) -> bool:
+        # |offset + code * scale| <= 65504 * 256 for finite float16 offsets and scales: no float32 overflow.
+        return all_finite(parts["scale"]) and all_finite(parts["offset"])
+
     def check(self, parts: dict[str, torch.Tensor], n: int, default_block: int) -> None:
-        if (parts["scale"] < 0).any():
+        # min < 0 rather than (scale < 0).any(): one reduction instead of a slow float16 compare; -0.0 passes
+        # either way, and NaN (which both would let through) was rejected as non-finite before this.
+        if parts["scale"].numel() and bool(parts["scale"].amin() < 0):
             raise ValueError(f"{self.spec}: negative scale")
         check_packed(parts["q"], self.bits, n)
 
