@@ -61,6 +61,10 @@ def run_demo(out: Path, workers: int, tokens: int, chaos: bool, port: int, seed:
     summary's figures go into `json_out` when given."""
     out.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(tokens, workers, seed, chaos, codec, tiny)
+    if scale_out:
+        # Two parameter ranges, each merged by its own aggregator: the demo's model is small, so its statistics
+        # blocks (and the shards made of them) are too (aggregate.block; 1M parameters by default).
+        cfg["aggregate"] = {"shards": 2, "block": 8192}
     run_toml = write_toml(out / "run.toml", cfg)
     rng = random.Random(seed)
     old = signal.signal(signal.SIGTERM, _raise_interrupt)

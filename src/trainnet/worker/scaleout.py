@@ -79,7 +79,7 @@ def start_scale_out(cluster: Any, stack: Stack, run_toml: Path) -> None:
 
 
 def coordinator_args(stack: Stack) -> list[str]:
-    return ["--db", stack.db_url, "--blobs", stack.blob_url, "--aggregators", "0", "--shards", str(SHARDS)]
+    return ["--db", stack.db_url, "--blobs", stack.blob_url, "--aggregators", "0"]
 
 
 def where_bytes_went(cluster: Any, stack: Stack, figures: dict[str, Any], echo: Any) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def where_bytes_went(cluster: Any, stack: Stack, figures: dict[str, Any], echo: 
         "download_bits_per_param": figures.get("download_bits_per_param"),
         "final_val_loss": figures.get("final_val_loss"), "notes": stack.notes,
     }
-    from trainnet.worker.store import human_bytes
+    from trainnet.worker.status import human_bytes
 
     echo(f"-- scale-out: state in {stack.db_kind} ({stack.db_url}), bytes in S3 ({stack.blob_url}), "
          f"{SHARDS} aggregator processes")
