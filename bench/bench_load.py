@@ -11,7 +11,7 @@ ed25519 keys, and runs them for --seconds: lease, heartbeat when half of the rem
 real worker's rule), upload a valid q2 update of the run's model after a task time drawn from --task-s.
 First leases are spread over --stagger-s; latencies and rates are taken after that warm-up.
 
---db: `sqlite` (a file in a temporary folder), `postgresql` (a throwaway server, tests/servers/postgres.py), or
+--db: `sqlite` (a file in a temporary folder), `postgresql` (a throwaway server, trainnet/devservers/postgres.py), or
 `postgresql://user@host:port` (an existing server: a fresh database is created per N).
 """
 
@@ -49,7 +49,7 @@ def database(spec: str) -> Iterator[Any]:
         yield lambda n, tmp: f"sqlite:///{tmp / 'state' / 'coordinator.db'}"
         return
     if spec == "postgresql":
-        from tests.servers.postgres import postgres_server
+        from trainnet.devservers.postgres import postgres_server
 
         with postgres_server() as base:
             yield _pg_factory(base)

@@ -28,3 +28,21 @@ def test_tensorboard_writes_scalars(tmp_path):
 def test_unknown_tracker_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown tracker 'mlflow'"):
         make_tracker("mlflow", tmp_path)
+
+
+def test_coordinator_evaluator_logs_each_version_to_the_tracker(tiny_cfg, tmp_path):
+    """What `trainnet coordinator --tracker tensorboard` wires: every evaluated version's held-out loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainnet.server.runtime import Runtime
+    from trainnet.sim.simulator import sim_limits
+
+    rt = Runtime.open(tiny_cfg, "memory:", "memory:", sim_limits(tiny_cfg), sync=True, clock=lambda: 0.0)
+    rt.drain(0.0)  # version 0 published
+    rt.evaluator.tracker = make_tracker("tensorboard", tmp_path)
+    assert rt.evaluate()
+    rt.evaluator.tracker.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    (point,) = acc.Scalars("val_loss")
+    assert point.step == 0 and abs(point.value - rt.svc.state.val_curve()[0]["val_loss"]) < 1e-5

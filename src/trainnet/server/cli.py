@@ -86,10 +86,12 @@ def _config(run_path: str, overrides: tuple[str, ...], extra: list[str] = ()):
               help="Seconds a client has to send a request's line and headers (slowloris).")
 @click.option("--body-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a client has to send a request's body.")
+@click.option("--tracker", type=click.Choice(["none", "tensorboard", "wandb"]), default="none", show_default=True,
+              help="Also log each version's held-out loss to TensorBoard or W&B (offline) under --state.")
 def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, port, join_token, join_token_max_keys,
                     operator_token, register_pow_bits, register_per_ip, ip_rate, overrides, rate, burst, keep_versions, log_level, verify_rate,
                     rule, verify_device, verifiers, verifier_keys, eval_interval, max_connections=512,
-                    max_connections_per_address=256, header_timeout=10.0, body_timeout=120.0):
+                    max_connections_per_address=256, header_timeout=10.0, body_timeout=120.0, tracker="none"):
     """Run the coordinator's HTTP server (protocol 2.0)."""
     from trainnet.server.limits import ServerLimits
     from trainnet.server.serve import serve
@@ -114,7 +116,7 @@ def coordinator_cmd(run_path, state_dir, db, blobs, aggregators, shards, host, p
     limits.max_connections_per_address = max_connections_per_address
     try:
         serve(cfg, Path(state_dir) if state_dir else None, host, port, limits, log_level, eval_interval, db, blobs,
-              aggregators, echo=lambda *a, **k: click.echo(*a))
+              aggregators, echo=lambda *a, **k: click.echo(*a), tracker=tracker)
     except (StoreMismatch, StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -35,6 +35,7 @@ class Evaluator:
         self._last = float("-inf")
         self._have: tuple[int, torch.Tensor] | None = None
         self._model: torch.nn.Module | None = None
+        self.tracker: Any = None  # dashboard/trackers.py (TensorBoard, W&B), set by `serve --tracker`
 
     def params(self, version: int) -> dict[str, torch.Tensor]:
         r = Reconstructor(lambda v: json.loads(self.blobs.get(keys.manifest(v))), self.blobs.get,
@@ -62,4 +63,6 @@ class Evaluator:
         self.done.add(latest)
         self._last = now
         log.info("version %d: held-out loss %.4f (%d tokens)", latest, loss, tokens)
+        if self.tracker is not None:
+            self.tracker.log(latest, {"val_loss": float(loss), "tokens": float(tokens)})
         return True

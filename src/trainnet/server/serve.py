@@ -36,7 +36,7 @@ def setup_logging(level: str) -> None:
 def serve(cfg: RunConfig, state_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8470,
           limits: ServerLimits | None = None, log_level: str = "info", eval_interval_s: float = 2.0,
           db: str | None = None, blobs: str | None = None, aggregators: int = 1,
-          echo: Any = print) -> None:
+          echo: Any = print, tracker: str | None = None) -> None:
     """Open (or create) the run's stores, then serve until stopped."""
     setup_logging(log_level)
     limits = limits or ServerLimits()
@@ -44,6 +44,11 @@ def serve(cfg: RunConfig, state_dir: Path | None = None, host: str = "127.0.0.1"
         log.warning("defence off: %s", warning)
     state_url, blob_url = state_urls(state_dir, db, blobs)
     rt = Runtime.open(cfg, state_url, blob_url, limits, aggregators=aggregators, eval_interval_s=eval_interval_s)
+    from trainnet.dashboard.trackers import make_tracker
+
+    track = make_tracker(tracker, Path(state_dir) if state_dir else Path.cwd())
+    if rt.evaluator is not None:
+        rt.evaluator.tracker = track
     app = create_app(rt)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_keep_alive=15, timeout_graceful_shutdown=10,
@@ -66,7 +71,10 @@ def serve(cfg: RunConfig, state_dir: Path | None = None, host: str = "127.0.0.1"
 
     rt.start()
     threading.Thread(target=announce, daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        track.close()
 
 
 def run_aggregator(cfg: RunConfig, db: str, blobs: str, poll_s: float = 0.2, log_level: str = "info",
