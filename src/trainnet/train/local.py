@@ -203,7 +203,7 @@ def run_task(
         opt.step()
         losses.append(loss.detach())
         if hooks.on_step is not None:
-            hooks.on_step(step + 1, float(loss))
+            hooks.on_step(step + 1, float(loss.detach()))
         if hooks.should_pause is not None and step + 1 < hp.steps and hooks.should_pause():
             return Partial(hooks.task_id, step + 1, params_of(model), opt.state_dict(), gen.get_state(),
                            [float(x) for x in losses], time.perf_counter() - t0)
