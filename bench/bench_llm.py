@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -131,6 +132,10 @@ def train(kind: str, seed: int, data: Path, tokens: int, out: Path, timeout: flo
         else:
             raise RuntimeError(f"{kind} seed {seed}: not done after {timeout:.0f}s ({st})")
         wall = time.monotonic() - t0
+        end = time.monotonic() + 300  # the probation audits finish once their residuals are revealed
+        while time.monotonic() < end and st.get("audits_pending"):
+            time.sleep(2.0)
+            st = cl.status()
         version = int(st["model_version"])
         ckpt = save_final_model(cl.url, info, version, out / "final.safetensors")
         curve: list[dict[str, Any]] = []
@@ -140,13 +145,21 @@ def train(kind: str, seed: int, data: Path, tokens: int, out: Path, timeout: flo
             time.sleep(1.0)
     rows = read_task_logs(out / "workers")
     acc = [r for r in rows if r.get("accepted")]
+    audits = audit_log(out)
     return {"kind": kind, "seed": seed, "data": str(data), "wall_s": wall, "status": {k: st.get(k) for k in (
         "model_version", "tokens", "tokens_target", "updates_accepted", "updates_rejected", "reject_reasons",
         "audits_passed", "audits_failed", "outer_steps")}, "checkpoint": str(ckpt), "val_curve": curve,
         "tasks": [{k: r.get(k) for k in ("shard_id", "tokens", "accepted", "train_s", "loss_first", "loss_last",
                                           "worker")} for r in rows],
-        "accepted_tokens": sum(int(r["tokens"]) for r in acc),
+        "accepted_tokens": sum(int(r["tokens"]) for r in acc), "audits": audits,
         "worker_train_s": sum(float(r.get("train_s") or 0) for r in rows)}
+
+
+def audit_log(run_dir: Path) -> dict[str, int]:
+    """Audits the coordinator logged as passed / FAILED (server/audit_api.py: "audit T of N: passed")."""
+    text = (run_dir / "logs" / "coordinator.log").read_text(errors="replace")
+    return {"passed": len(re.findall(r"audit \S+ of \S+: passed", text)),
+            "failed": len(re.findall(r"audit \S+ of \S+: FAILED", text))}
 
 
 def bytes_seen(result: dict[str, Any], shard_bpt: dict[int, float]) -> float:
@@ -212,12 +225,21 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/llm.json")
     ap.add_argument("--timeout", type=float, default=3600.0, help="Seconds one run may take.")
     ap.add_argument("--quick", action="store_true", help="Smoke run: the email package, 60 kB of text, BPE-1024.")
+    ap.add_argument("--report-only", action="store_true", help="Rewrite --md from --json (and the runs' logs).")
     args = ap.parse_args()
+    if args.report_only:
+        res = json.loads(args.json.read_text())
+        for r in res["runs"]:
+            r.setdefault("audits", audit_log(Path(r["checkpoint"]).parent))
+        args.md.write_text(report(res, args))
+        print(f"wrote {args.md}")
+        return
     if args.quick:
         args.text_bytes, args.vocab = min(args.text_bytes, 60_000), min(args.vocab, 1024)
     torch.set_num_threads(2)
     t_start = time.monotonic()
-    res: dict[str, Any] = {"machine_start": machine(), "argv": sys.argv[1:], "commands": []}
+    res: dict[str, Any] = {"machine_start": machine(), "argv": sys.argv[1:], "commands": [],
+                           "text_bytes": args.text_bytes}
     log: list[str] = res["commands"]
     corpus = args.out / "corpus"
     prep = args.out / "prep"
@@ -332,7 +354,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
               f"{2 * 128 * p['bpe-jsonl']['vocab_size']:,} of the Llama's are its {p['bpe-jsonl']['vocab_size']}-row "
               f"embedding and output matrices (gpt-bytes: {256 * 128:,}, tied); its {BLOCK}-token context covers "
               f"~{BLOCK * p['bpe-jsonl']['bytes_per_token']:.0f} bytes of text against gpt-bytes' {BLOCK}.", "",
-              f"Equal bytes of text: the Llama's budget is {args.text_bytes:,} bytes ÷ "
+              f"Equal bytes of text: the Llama's budget is {res.get('text_bytes', args.text_bytes):,} bytes ÷ "
               f"{p['bpe-jsonl']['bytes_per_token']:.3f} bytes/token (the BPE training shards) = "
               f"{res['budget_tokens_llama']:,} tokens; a run stops at the first version whose accepted tokens reach "
               "its budget, so it overshoots by up to a merge (quorum × task tokens); gpt-bytes of the same seed then "
@@ -343,16 +365,18 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
               f"windows of {BLOCK} tokens); bits/byte = total nats / (ln 2 × UTF-8 bytes of the evaluated targets). "
               "Coordinator val = the run's own held-out windows (its prepared val shards, different text for the two "
               "tokenizations), nats/token, final version.", "",
-              "| model | seed | data | bytes of text seen | tokens seen | tasks acc/rej | versions | wall s | "
-              "worker train s | held-out nats/token | **held-out bits/byte** | coordinator val nats/token |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | seed | data | bytes of text seen | tokens seen | tasks acc/rej | audits passed/failed | "
+              "versions | wall s | worker train s | held-out nats/token | **held-out bits/byte** | "
+              "coordinator val nats/token |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         st, ho = r["status"], r["heldout"]
         val = r["val_curve"][-1]["val_loss"] if r["val_curve"] else float("nan")
         lines.append(
             f"| {r['kind']} | {r['seed']} | {Path(r['data']).name} | {r['bytes_seen']:,.0f}"
             f"{' (expectation)' if r['kind'] == 'llama' else ''} | {r['accepted_tokens']:,} | "
-            f"{st['updates_accepted']}/{st['updates_rejected']} | {st['model_version']} | {r['wall_s']:.0f} | "
+            f"{st['updates_accepted']}/{st['updates_rejected']} | {r['audits']['passed']}/{r['audits']['failed']} | "
+            f"{st['model_version']} | {r['wall_s']:.0f} | "
             f"{r['worker_train_s']:.0f} | {ho['nats_per_token']:.3f} | **{ho['bits_per_byte']:.3f}** | {val:.3f} |")
     lines += ["", "| model | seeds | held-out bits/byte (mean ± sd) | bytes seen (mean) | params |", "|---|---|---|---|---|"]
     for kind in ("llama", "gpt-bytes"):
