@@ -123,3 +123,26 @@ def test_cli_prepare_and_info(tmp_path: Path):
     assert info == load_prepared(tmp_path / "o").info() and info["vocab_size"] == 500
     res = runner.invoke(data_cmd, ["prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_stdlib_docs_write_docs_and_encode_docs(tmp_path: Path):
+    """The default corpus as jsonl and parquet documents reads back the same; encode_docs is the stream that
+    prepare cuts into shards (before the last partial shard is dropped)."""
+    from trainnet.data.prepare import encode_docs
+    from trainnet.data.sources import SourceError, iter_docs, stdlib_docs, write_docs
+    from trainnet.data.tokenizing import BytesTokenizer
+
+    rows, skipped = stdlib_docs("json")
+    assert [r["text"] for r in rows] == DOCS and skipped == [] and rows[0]["path"].startswith("json/")
+    for name in ("d.jsonl", "d.parquet"):
+        path = write_docs(tmp_path / name, rows)
+        assert [d.text for d in iter_docs(path)] == DOCS
+        assert [d.text for d in iter_docs(path, field="path")] == [r["path"] for r in rows]
+    with pytest.raises(SourceError, match="jsonl or"):
+        write_docs(tmp_path / "d.txt", rows)
+    stream = encode_docs(tmp_path / "d.jsonl", BytesTokenizer())
+    assert bytes(stream.astype("uint8")) == b"".join(t.encode() + b"\n\n" for t in DOCS)
+    prepared = prepare(tmp_path / "d.parquet", tmp_path / "bpe", tokenizer="bpe:500", shard_tokens=1000, val_every=3)
+    ids = encode_docs(tmp_path / "d.jsonl", prepared.tokenizer())
+    shards = torch.cat([prepared.shard(i).tokens for i in range(len(prepared))])
+    assert torch.equal(torch.from_numpy(ids[: shards.numel()]).to(shards.dtype), shards)

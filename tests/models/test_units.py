@@ -48,3 +48,33 @@ def test_bpe_byte_lengths_are_exact():
         ids = tok.encode(text)
         assert int(lengths[torch.tensor(ids)].sum()) == len(text.encode("utf-8"))
         assert len(ids) < len(text.encode("utf-8"))  # merges were learned
+
+
+def test_evaluate_stream_covers_every_token_once():
+    """Windows of seq_len + 1 overlapping by one: every token but the first is a target once (tail included),
+    the same total as one pass of a model with a long enough context; bytes from the table."""
+    import torch.nn.functional as F
+
+    model = build_model(gpt(block_size=64), seed=0).eval()
+    data = TEXTS[0][:1000].encode()
+    tokens = torch.tensor(list(data))
+    from trainnet.models.units import evaluate_stream
+
+    u = evaluate_stream(model, None, tokens, seq_len=32, token_bytes=token_byte_lengths(BytesTokenizer()),
+                        batch_size=5)
+    assert u["tokens"] == u["bytes"] == len(data) - 1
+    nats = 0.0
+    for s in range(0, len(data) - 1, 32):
+        w = tokens[s:s + 33].long()
+        with torch.no_grad():
+            logits = model(w[None, :-1])[0]
+        nats += float(F.cross_entropy(logits[0], w[1:], reduction="sum"))
+    assert u["nats_per_token"] == pytest.approx(nats / (len(data) - 1), rel=1e-5)
+    assert u["bits_per_byte"] == pytest.approx(u["nats_per_token"] / math.log(2), rel=1e-6)
+    tok = train_bpe(TEXTS, vocab_size=600)
+    ids = torch.tensor(tok.encode(TEXTS[1]))
+    llama_like = build_model(gpt(block_size=64, vocab_size=600), seed=0)
+    b = evaluate_stream(llama_like, None, ids, seq_len=64, token_bytes=token_byte_lengths(tok))
+    assert b["tokens"] == ids.numel() - 1 and b["bytes"] == len(tok.decode(ids[1:].tolist()).encode())
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        evaluate_stream(model, None, tokens[:1], seq_len=32, token_bytes=token_byte_lengths(BytesTokenizer()))

@@ -54,3 +54,17 @@ def test_default_demo_with_chaos(tmp_path: Path) -> None:
                                         "--timeout", "400"])
     assert res.exit_code == 0, res.output
     assert "[chaos]" in res.output and "sampled from the final model" in res.output
+
+
+def test_write_toml_nests_tables(tmp_path: Path) -> None:
+    """[model.hf] (and deeper) tables, None left out: what an hf run.toml needs."""
+    import tomllib
+
+    from trainnet.worker.procs import write_toml
+
+    data = {"name": "x", "model": {"spec": "hf", "block_size": 8, "init": None,
+                                   "hf": {"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+                                          "a.b": 1}}, "sim": {"tokens": 5}}
+    got = tomllib.loads(write_toml(tmp_path / "r.toml", data).read_text())
+    data["model"].pop("init")
+    assert got == data

@@ -3,6 +3,7 @@
     corpus = prepare(Path("texts/"), Path("data/prepared"), tokenizer="bpe:4096")   # -> TokenCorpus
     corpus = prepare(Path("rows.jsonl"), out, tokenizer="path/tokenizer.json", field="text")
     corpus = prepare(Path("docs.parquet"), out, tokenizer="bytes", shard_tokens=65_536, val_every=20)
+    ids = encode_docs(Path("heldout.jsonl"), load_tokenizer("data/prepared"))   # one stream, no shards
 
 Documents (data/sources.py) are tokenized in order and concatenated, each followed by the tokenizer's
 end-of-text token (the byte tokenizer: the two bytes "\\n\\n", as the byte corpus; a tokenizer.json without
@@ -142,6 +143,18 @@ def _encode_batch(batch: list[Doc], tok: HFTokenizer, sep: np.ndarray) -> Iterat
             yield np.asarray(ids, dtype=np.int64)
         if doc.last:
             yield sep
+
+
+def encode_docs(src: Path, tok: Tokenizer, field: str = "text", split: str | None = None) -> np.ndarray:
+    """The whole token stream prepare() would cut into shards for `src` and tokenizer `tok` (each document
+    followed by the separator), as one int64 array: e.g. a held-out text for models.units.evaluate_stream."""
+    src = src.expanduser()
+    check_source(src, field, split)
+    docs = iter_docs(src, field, split, raw=isinstance(tok, BytesTokenizer))
+    parts = list(_encode_stream(docs, tok))
+    if not parts:
+        raise SourceError(f"{src}: no text to tokenize (empty dataset)")
+    return np.concatenate(parts).astype(np.int64, copy=False)
 
 
 _OURS = {"shards", "tokenizer.json", MANIFEST_FILE + ".tmp"}  # what prepare writes before the manifest

@@ -244,3 +244,46 @@ def _hf_docs(path: Path, field: str, split: str | None, progress: Progress) -> I
             yield Doc(value, f"{where} row {row}")
             row += 1
         progress(size * len(values) // rows)
+
+
+def stdlib_docs(subdir: str | None = None) -> tuple[list[dict[str, str]], list[Path]]:
+    """The default corpus as documents: {"path", "text"} for every *.py file the byte corpus reads (the
+    running Python's standard library, same order), or only those under `subdir` (e.g. "json"). Empty files
+    are left out (the byte corpus skips them too); so are the files that are not UTF-8 (returned as the
+    second value: a jsonl or parquet row holds text, the byte corpus holds their raw bytes)."""
+    from trainnet.data.corpus import _stdlib_files, stdlib_dir
+
+    root = stdlib_dir()
+    files = _stdlib_files(root / subdir if subdir else root)
+    rows, skipped = [], []
+    for f in files:
+        data = f.read_bytes()
+        if not data:
+            continue
+        try:
+            rows.append({"path": f.relative_to(root).as_posix(), "text": data.decode("utf-8")})
+        except UnicodeDecodeError:
+            skipped.append(f)
+    return rows, skipped
+
+
+def write_docs(path: Path, rows: list[dict[str, str]], row_group_size: int = 256) -> Path:
+    """Write documents (dicts of strings, e.g. from stdlib_docs) as *.jsonl (one JSON object a line, UTF-8) or
+    *.parquet (one string column per key), by the file name; iter_docs reads either back in the same order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = kind_of(path)
+    if kind == "jsonl" and not path.name.lower().endswith(".gz"):
+        with open(path, "w", encoding="utf-8") as fp:
+            for row in rows:
+                fp.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        keys = list(rows[0]) if rows else ["text"]
+        table = pa.table({k: pa.array([r[k] for r in rows], type=pa.string()) for k in keys})
+        pq.write_table(table, path, row_group_size=row_group_size)
+    else:
+        raise SourceError(f"{path}: write_docs writes *.jsonl or *.parquet files")
+    return path

@@ -27,13 +27,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says why."""
 
 
-def checkpoint_metadata(mcfg: ModelConfig, **extra: str) -> dict[str, str]:
+def checkpoint_metadata(mcfg: ModelConfig, tokenizer: dict | None = None, **extra: str) -> dict[str, str]:
     """safetensors metadata that lets read_config rebuild the model anywhere, and export check the tokenizer
-    (string values only). Call it where mcfg's files are (the coordinator): it resolves the config."""
+    (string values only). Call it where mcfg's files are (the coordinator): it resolves the config.
+    `tokenizer`: the tokenizer info to record (e.g. /v1/info's data.tokenizer, where mcfg is the wire form,
+    which names no tokenizer file); default: the one mcfg declares."""
     from trainnet.models.registry import model_tokenizer_info
 
+    tok = tokenizer if tokenizer is not None else model_tokenizer_info(mcfg)
     return {CONFIG_KEY: json.dumps(mcfg.to_dict()), SPEC_KEY: mcfg.spec,
-            TOKENIZER_KEY: json.dumps(model_tokenizer_info(mcfg)), **{k: str(v) for k, v in extra.items()}}
+            TOKENIZER_KEY: json.dumps(tok), **{k: str(v) for k, v in extra.items()}}
 
 
 def _config_from(data: object, where: str) -> ModelConfig:

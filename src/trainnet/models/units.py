@@ -3,6 +3,7 @@
     loss_units(2.1, tokens=4096, nbytes=4096)   # {"nats_per_token": 2.1, "bits_per_byte": 3.03, ...}
     evaluate_units(model, params, val_tokens, batches=8, batch_size=16, seq_len=64,
                    token_bytes=token_byte_lengths(tokenizer))   # the same windows as train.local.evaluate
+    evaluate_stream(model, params, tokens, seq_len=64, token_bytes=...)   # every token of a text, once
 
 Byte count convention: the UTF-8 bytes of the text the evaluated target tokens decode to, summed token by
 token with `data.tokenizing.token_byte_lengths` (exact for the byte tokenizer and byte-level BPE; special
@@ -59,3 +60,50 @@ def evaluate_units(
         nbytes += int(table[y].sum())
     model.train()
     return loss_units(nats / tokens, tokens, nbytes)
+
+
+@torch.no_grad()
+def evaluate_stream(
+    model: nn.Module, params: dict[str, torch.Tensor] | None, tokens: torch.Tensor, seq_len: int,
+    token_bytes: torch.Tensor, batch_size: int = 16, device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Every token of `tokens` (one held-out text, e.g. data.prepare.encode_docs) but the first is a target
+    exactly once: consecutive windows of seq_len + 1 tokens overlapping by one (each window starts with no
+    earlier context; a last window shorter than seq_len + 1 is evaluated at its own length). Deterministic,
+    no sampling, so two models (two tokenizers) evaluated on the same text see the same bytes: the figure to
+    compare byte and BPE models by (bits/byte), reported by loss_units. `params` None: the model's own."""
+    if params is not None:
+        from trainnet.train.local import load_params
+
+        load_params(model, params)
+    tokens = tokens.reshape(-1).to(torch.int64)
+    if tokens.numel() < 2:
+        raise ValueError(f"need at least 2 tokens to evaluate, got {tokens.numel()}")
+    table = token_bytes.to(torch.int64)
+    if int(tokens.max()) >= table.numel():
+        raise ValueError(f"token id {int(tokens.max())} is outside the byte-length table ({table.numel()} ids)")
+    was_training = model.training
+    model.eval()
+    starts = list(range(0, tokens.numel() - 1, seq_len))
+    full = [s for s in starts if s + seq_len + 1 <= tokens.numel()]
+    nats, count = 0.0, 0
+    for i in range(0, len(full), batch_size):
+        win = torch.stack([tokens[s:s + seq_len + 1] for s in full[i:i + batch_size]])
+        nats += _sum_nats(model, win[:, :-1].to(device), win[:, 1:].to(device))
+        count += win.size(0) * seq_len
+    if len(full) < len(starts):  # the tail
+        win = tokens[starts[-1]:][None, :]
+        nats += _sum_nats(model, win[:, :-1].to(device), win[:, 1:].to(device))
+        count += win.size(1) - 1
+    if was_training:
+        model.train()
+    assert count == tokens.numel() - 1
+    return loss_units(nats / count, count, int(table[tokens[1:]].sum()))
+
+
+def _sum_nats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    out = model(x, y)
+    logits = out[0] if isinstance(out, tuple) else out
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise TypeError("evaluate_stream needs a model whose forward returns (logits, loss)")
+    return float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"))

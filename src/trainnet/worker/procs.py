@@ -57,12 +57,25 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    """Write a flat-or-one-level-nested dict as TOML (scalars first, then one table per dict)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for k, v in data.items():
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "-_" for c in k) else _toml_value(k)
+
+
+def _toml_table(lines: list[str], name: str, table: dict[str, Any]) -> None:
+    """Scalars of `table` under [name], then its sub-tables as [name.sub] (None values are left out)."""
+    if name:
+        lines += ["", f"[{name}]"]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None and not isinstance(v, dict)]
+    for k, v in table.items():
         if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+            _toml_table(lines, f"{name}.{_toml_key(k)}" if name else _toml_key(k), v)
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    """Write a nested dict as TOML: scalars first, then one table per dict, at any depth ([model] then
+    [model.hf]). None values are left out (TOML has no null)."""
+    lines: list[str] = []
+    _toml_table(lines, "", data)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -96,7 +109,9 @@ class Child:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; returns the exit status."""
+        """SIGTERM, wait, then SIGKILL; returns the exit status (None if even the killed process was not
+        reaped within 30 s: on a swamped machine that happens, and this runs on error paths, where raising
+        would hide the error being handled)."""
         if self.proc is None:
             return None
         if self.alive:
@@ -105,7 +120,10 @@ class Child:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    return None
         return self.proc.returncode
 
     def log_tail(self, n: int = 20) -> str:

@@ -87,25 +87,44 @@ def _mean(xs: list[Any]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _save_final_model(cluster: Any, out: Path, info: dict[str, Any], version: int) -> Path:
-    """The final published version, downloaded as a worker would (signed manifest, hashed blobs)."""
-
+def fetch_model(url: str, info: dict[str, Any], version: int) -> dict[str, Any]:
+    """A published version's parameters, downloaded as a worker would (signed manifest, hashed blobs)."""
     from trainnet.models import ModelConfig, build_model
     from trainnet.train.local import params_of
     from trainnet.worker.client import CoordinatorClient
-    from trainnet.worker.store import model_bytes
     from trainnet.worker.versions import VersionFetcher
 
     cfg = ModelConfig.from_dict(info["model"])
     template = params_of(build_model(cfg, seed=0))
-    client = CoordinatorClient(cluster.url)
+    client = CoordinatorClient(url)
     try:
-        params = VersionFetcher(client, template, info.get("signer")).get(version)
+        return VersionFetcher(client, template, info.get("signer")).get(version)
     finally:
         client.close()
-    path = out / "final_model.safetensors"
-    path.write_bytes(model_bytes(params, version, str(info.get("run_id", "")), cfg))
+
+
+def save_final_model(url: str, info: dict[str, Any], version: int, path: Path) -> Path:
+    """Write version `version` of the run at `url` as a checkpoint `trainnet sample` and `trainnet export` read:
+    the model config and the data's tokenizer (kind, sha256) in the metadata, so export can check --tokenizer."""
+    import torch
+    from safetensors.torch import save as st_save
+
+    from trainnet.models import ModelConfig
+    from trainnet.models.checkpoint import checkpoint_metadata
+
+    params = fetch_model(url, info, version)
+    cfg = ModelConfig.from_dict(info["model"])
+    meta = checkpoint_metadata(cfg, tokenizer=(info.get("data") or {}).get("tokenizer"),
+                               trainnet_version=str(version), trainnet_run_id=str(info.get("run_id", "")))
+    path = Path(path)
+    path.write_bytes(st_save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()},
+                             metadata=meta))
     return path
+
+
+def _save_final_model(cluster: Any, out: Path, info: dict[str, Any], version: int) -> Path:
+    """The final published version, downloaded as a worker would, as out/final_model.safetensors."""
+    return save_final_model(cluster.url, info, version, out / "final_model.safetensors")
 
 
 def _final_val_loss(cluster: Any, version: int, wait_s: float = 60.0) -> float | None:
@@ -176,12 +195,21 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
     echo(f"-- final model v{v}: {ckpt} (coordinator state: {out / 'coordinator'})")
     loss = _final_val_loss(cluster, v)
     figures.update(final_val_loss=loss, checkpoint=str(ckpt))
+    data = info.get("data") or {}
+    vocab = int(data.get("vocab_size") or 256)
+    byte_level = (data.get("tokenizer") or {}).get("kind", "bytes") == "bytes"
+    unit = "nats/byte" if byte_level else "nats/token"
+    figures["val_loss_unit"] = unit
     if loss is None:
         echo("-- held-out loss of the final model: not evaluated yet (see the dashboard)")
     else:
-        echo(f"-- held-out loss of the final model: {loss:.3f} nats/byte, the coordinator's evaluation on the "
+        echo(f"-- held-out loss of the final model: {loss:.3f} {unit}, the coordinator's evaluation on the "
              f"run's held-out windows (the dashboard and report show the same figure; a uniform guess scores "
-             f"ln 256 = {math.log(256):.3f})")
+             f"ln {vocab} = {math.log(vocab):.3f})")
+    if not byte_level or (info.get("model") or {}).get("spec", "gpt-bytes") != "gpt-bytes":
+        echo(f"-- no sample: `trainnet sample` is byte-level GPT only; export the model instead: trainnet export "
+             f"{ckpt} --hf OUT" + ("" if byte_level else " --tokenizer DATA_FOLDER"))
+        return figures
     echo(f"-- sampled from the final model (prompt 'def ', {sample_tokens} bytes, temperature 0.8):")
     for line in sample_lines(ckpt, prompt="def ", tokens=sample_tokens, max_lines=8):
         echo(f"   | {line}")
