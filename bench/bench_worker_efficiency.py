@@ -142,6 +142,7 @@ def run_worker(seconds: float, h: int, overlap: bool, workdir: Path) -> dict[str
     for r in rows[1:]:
         for k, v in (r.get("timing") or {}).items():
             key = k[:-2] if k.endswith("_s") else k
+            key = "download" if key == "shard" else key  # model versions and shards
             phases[key] = phases.get(key, 0.0) + float(v)
     (ta, ca, na), (tb, cb, nb) = cpu["start"], cpu["end"]
     cpu_tokens = sum(r["tokens"] for r in rows[na:nb])
@@ -241,8 +242,13 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, m
               "to its first accepted update, less that task's own train + encode + upload time (registration, "
               "first model and shard download).", "",
               "## Where the worker's wall time goes (share of the measured window, median over repeats)", "",
-              "| mode | train | encode | upload | download | lease | wait | tasks | training tok/s inside tasks "
-              "| mean staleness |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "Critical path: the training thread's phases. Serial mode encodes and uploads on it too; overlapped "
+              "mode does both on a background thread while the next task trains. `prefetch` (the newest model "
+              "version fetched on a thread during a task's last 20% of steps) is never on the critical path. "
+              "`other` = window - critical-path phases (the loop itself, heartbeat threads, the task log).", "",
+              "| mode | train | lease | download (model + shard) | wait | encode | upload | other | prefetch "
+              "(background) | tasks | training tok/s inside tasks | mean staleness |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in MODES[1:]:
         rs = results[mode]
         if not rs:
@@ -251,9 +257,12 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, m
         def share(k: str, rs: list[dict[str, Any]] = rs) -> str:
             return f"{100 * statistics.median(r['phases_s'].get(k, 0.0) / r['window_s'] for r in rs):.1f}%"
 
+        crit = ("train", "lease", "download", "wait") + (("encode", "upload") if mode == "worker-serial" else ())
+        other = statistics.median(1 - sum(r["phases_s"].get(k, 0.0) for k in crit) / r["window_s"] for r in rs)
+        bg = " (bg)" if mode == "worker-overlap" else ""
         stale = [r["staleness_mean"] for r in rs if r["staleness_mean"] is not None]
-        lines.append(f"| {LABELS[mode]} | {share('train')} | {share('encode')} | {share('upload')} | "
-                     f"{share('download')} | {share('lease')} | {share('wait')} | "
+        lines.append(f"| {LABELS[mode]} | {share('train')} | {share('lease')} | {share('download')} | {share('wait')} "
+                     f"| {share('encode')}{bg} | {share('upload')}{bg} | {100 * other:.1f}% | {share('prefetch')} | "
                      f"{statistics.median(r['tasks'] for r in rs):.0f} | "
                      f"{statistics.median(r['train_tok_s'] for r in rs):,.0f} | "
                      f"{statistics.mean(stale) if stale else float('nan'):.2f} |")

@@ -26,6 +26,7 @@ estimate; `memory_gb` overrides the capacity) and refuses it with exit status 6 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from trainnet.worker.status import StatusLine
 from trainnet.worker.store import ModelFormatError
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NOT_COORDINATOR, EXIT_NO_MEMORY = 0, 1, 3, 5, 6
+PREFETCH_AT = 0.8  # share of a task's steps after which the newest model version is fetched ahead
 PARTIAL_FILE = "partial.safetensors"  # a task paused by a stop signal, resumed when the worker starts again
 __all__ = ["EXIT_NO_MEMORY", "EXIT_NOT_COORDINATOR", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "LEASE_FILE",
            "TASK_LOG", "Worker", "WorkerOptions", "energy_extra", "resolve_device"]
@@ -77,6 +79,7 @@ class WorkerOptions:
     seed: int | None = None  # backoff jitter
     memory_gb: float | None = None  # device memory to plan against (None: measured)
     overlap: bool = True  # upload while the next task trains, when the run allows two leases per node
+    prefetch: bool = True  # fetch the newest model version during a task's last steps
 
     def session(self) -> SessionOptions:
         return SessionOptions(self.coordinator, self.state_dir, self.device, self.join_token, self.retry_budget_s,
@@ -98,6 +101,7 @@ class Worker(NodeSession):
         self.delivering: set[str] = set()
         self._deliveries: Deliveries | None = None
         self._prefetch: threading.Thread | None = None
+        self._ahead: tuple | None = None  # (task, heartbeat, prepared) leased during the last task's final steps
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -138,6 +142,9 @@ class Worker(NodeSession):
                 return EXIT_NOT_COORDINATOR
             finally:
                 self.interruptible = False
+                ahead = self._take_ahead()  # a task leased ahead is given back below, like any held lease
+                if ahead is not None:
+                    ahead[1].done.set()
                 self._finish_deliveries()
                 for task_id in [t for t in self.held if t not in self.delivering]:
                     self.give_back(task_id)
@@ -173,8 +180,14 @@ class Worker(NodeSession):
                 self._finish_deliveries()
                 self.status.log(f"done: {self.tasks_done} task(s) (--max-tasks)")
                 return EXIT_OK
+            ahead = self._take_ahead()
+            if ahead is not None:  # leased and prepared during the last task's final steps
+                code = self._do_task(ahead[0], ahead=ahead)
+                if code is not None:
+                    return code
+                continue
             if self._deliveries is not None:  # the lease limit counts leases still being delivered
-                self._deliveries.wait(below=self.max_leases - 1)
+                self._deliveries.wait(below=self.max_leases)
             self.status.update(phase="leasing", task=None)
             reply = self.lease()
             task = reply.get("task")
@@ -194,14 +207,18 @@ class Worker(NodeSession):
             self.delivering.discard(str(task["task_id"]))
 
     # ------------------------------------------------------------------ one task
-    def _prepare(self, task: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, TaskHParams] | None:
+    def _prepare(self, task: dict[str, Any], phase: str = "download"
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TaskHParams] | None:
         task_id = str(task["task_id"])
         try:
             hp, unknown = task_hparams(task)
             if unknown:
                 self.status.log(f"task {task_id}: ignoring unknown hparams {unknown}")
-            base = self.ensure_model(int(task["base_version"]))  # not self.params: a prefetch may move it on
-            return base, self.fetch_shard(task), hp
+            # not self.params afterwards: a prefetch may move it on
+            base = self.ensure_model(int(task["base_version"]), phase=phase)
+            with self.timer.span("prefetch") if phase == "prefetch" else contextlib.nullcontext():
+                tokens = self.fetch_shard(task)
+            return base, tokens, hp
         except (ApiError, ModelFormatError, ValueError, TypeError) as exc:
             self.status.log(f"task {task_id}: cannot start ({exc}); giving the lease back")
             self.give_back(task_id)
@@ -209,21 +226,28 @@ class Worker(NodeSession):
                 raise Stopped("stop") from None
             return None
 
-    def _do_task(self, task: dict[str, Any], resume: Partial | None = None) -> int | None:
+    def _do_task(self, task: dict[str, Any], resume: Partial | None = None, ahead: tuple | None = None
+                 ) -> int | None:
         task_id, base = str(task["task_id"]), int(task["base_version"])
         refusal = self.fit.refusal(self.model_cfg, task, self.model) if resume is None else None
         if refusal is not None:
             self.status.log(refusal)
+            if ahead is not None:
+                ahead[1].done.set()
             self.give_back(task_id)
             return EXIT_NO_MEMORY
         down0 = self.client.bytes_down
         self.status.update(phase="download", task=task_id, version=base, note=None)
-        prepared = self._prepare(task)
+        if ahead is not None:
+            _, beat, prepared = ahead
+        else:
+            prepared = self._prepare(task)
+            beat = Heartbeat(self, task)
+            if prepared is not None:
+                beat.start()
         if prepared is None:
             return None
         base_params, tokens, hp = prepared
-        beat = Heartbeat(self, task)
-        beat.start()
         try:
             self.status.update(phase="training")
             meter = auto_meter(self.device)
@@ -251,7 +275,6 @@ class Worker(NodeSession):
             job = (task, result, self.client.bytes_down - down0, reading, self.timer.take())
             if self._deliveries is not None and not self.stop.is_set():
                 self._deliveries.submit(*job)
-                self._prefetch_latest()
             else:
                 self.deliver(*job)
         finally:
@@ -261,24 +284,48 @@ class Worker(NodeSession):
             raise Stopped("stop after upload")
         return None
 
-    def _prefetch_latest(self) -> None:
-        """While the next task trains, fetch the newest published version ahead (a thread, once at a time), so
-        the lease after it finds its base model here already."""
+    def _prefetch_next(self) -> None:
+        """Late in a task (PREFETCH_AT of its steps), on a thread: when the run allows one more lease than this
+        node holds, lease the next task now and fetch its base model and shard (its heartbeat starts at once), so
+        it starts the moment this one ends; otherwise fetch the newest published version, which the next lease
+        will most likely name as its base. Either way the downloads leave the critical path; the lease's base is
+        the version it would have been at the end of this task (this task's update is not delivered yet)."""
         if self._prefetch is not None and self._prefetch.is_alive():
             return
+        one_more = (self._deliveries is not None and not self.stop.is_set() and self._deliveries.pending == 0
+                    and len(self.held) < self.max_leases
+                    and (self.opts.max_tasks is None or self.trained + 1 < self.opts.max_tasks))
 
         def fetch() -> None:
             try:
-                if self._deliveries is not None:
-                    self._deliveries.wait()  # the version the upload just made, if it merged at once
-                latest = int(self.client.version("latest").get("latest", -1))
+                if one_more:
+                    reply = self.lease(phase="prefetch")
+                    task = reply.get("task")
+                    if task:
+                        beat = Heartbeat(self, task)
+                        beat.start()
+                        prepared = self._prepare(task, phase="prefetch")
+                        if prepared is None:
+                            beat.done.set()
+                        else:
+                            self._ahead = (task, beat, prepared)
+                        return
+                with self._model_lock:  # the fetcher's manifest cache is shared with the training thread
+                    latest = self.fetcher.latest()
                 if latest > (self.version if self.version is not None else -1):
-                    self.ensure_model(latest)
-            except Exception as exc:  # noqa: BLE001 - a prefetch is an optimisation only
-                self.status.log(f"prefetch of the latest model failed ({type(exc).__name__}: {exc})")
+                    self.ensure_model(latest, phase="prefetch")
+            except Exception as exc:  # noqa: BLE001 - a prefetch is an optimisation only; RunDone included
+                self.status.log(f"prefetch failed ({type(exc).__name__}: {exc}); the next lease is made as usual")
 
         self._prefetch = threading.Thread(target=fetch, daemon=True, name="prefetch")
         self._prefetch.start()
+
+    def _take_ahead(self) -> tuple | None:
+        """The task leased ahead (task, its heartbeat, (base, tokens, hparams)), if any."""
+        if self._prefetch is not None:
+            self._prefetch.join()
+        ahead, self._ahead = self._ahead, None
+        return ahead
 
     # ------------------------------------------------------------------ progress, pause and resume
     def _hooks(self, task: dict[str, Any], hp: TaskHParams, resume: Partial | None) -> TaskHooks:
@@ -286,7 +333,11 @@ class Worker(NodeSession):
         t0 = time.monotonic() - (resume.elapsed_s if resume is not None else 0.0)
         first = resume.step if resume is not None else 0
 
+        prefetch_at = max(1, int(steps * PREFETCH_AT)) if self.opts.prefetch else -1
+
         def on_step(done: int, loss: float) -> None:
+            if done == prefetch_at:
+                self._prefetch_next()
             rate = (done - first) / max(time.monotonic() - t0 - (resume.elapsed_s if resume else 0.0), 1e-6)
             self.progress = {"steps_done": done, "steps": steps, "tokens_done": done * per_step,
                              "eta_s": round((steps - done) / max(rate, 1e-9), 1), "loss": round(loss, 4)}

@@ -50,7 +50,7 @@ PROGRESS_EVERY_S = 60.0
 REVEAL_KEEP = 4  # residuals of this many recent uploads are kept (in memory) for a reveal
 HPARAM_FIELDS = {f.name for f in dataclasses.fields(TaskHParams)}
 SAVE_MODEL_EVERY_S = 30.0  # the model held is written to the state dir at most this often (and at exit)
-PHASES = ("lease", "download", "wait", "train")  # measured on the training thread; encode/upload per delivery
+PHASES = ("lease", "download", "shard", "wait", "train", "prefetch")  # prefetch: on its own thread  # measured on the training thread; encode/upload per delivery
 
 
 class Refused(Exception):
@@ -320,10 +320,10 @@ class NodeSession:
     def max_leases(self) -> int:
         return int((self.info.get("limits") or {}).get("max_leases_per_node") or 1)
 
-    def lease(self) -> dict[str, Any]:
+    def lease(self, phase: str = "lease") -> dict[str, Any]:
         """POST /v1/lease: the reply (a task is held, and `_upload` added to it); handles a forgotten node
         (registers again) and refusals (RunDone with the exit status); reveals what the reply says is due."""
-        with self.timer.span("lease"):
+        with self.timer.span(phase):
             try:
                 reply = self.client.lease()
             except ApiError as exc:
@@ -366,7 +366,7 @@ class NodeSession:
             if self.stop.wait(wait):
                 raise Stopped("stop")
 
-    def ensure_model(self, base: int) -> dict[str, torch.Tensor]:
+    def ensure_model(self, base: int, phase: str = "download") -> dict[str, torch.Tensor]:
         """Hold version `base` of the published model: apply the published deltas since the version held
         (q4 of the difference, a few bits per parameter per version), or load the last full checkpoint when
         that is cheaper; every manifest's signature and every blob's sha256 are checked (worker/versions.py)."""
@@ -374,7 +374,7 @@ class NodeSession:
             if self.version == base and self.params is not None:
                 return self.params
             have = (self.version, self.params) if self.params is not None and self.version is not None else None
-            with self.timer.span("download"):
+            with self.timer.span(phase):
                 params = self.fetcher.get(base, have)
             self.params, self.version = params, base
             if time.monotonic() - self._saved_at >= SAVE_MODEL_EVERY_S:
@@ -391,7 +391,7 @@ class NodeSession:
 
     def fetch_shard(self, task: dict[str, Any]) -> torch.Tensor:
         shard_id, sha256 = int(task["shard_id"]), str(task["shard_sha256"])
-        with self.timer.span("download"):
+        with self.timer.span("shard"):
             data = self.store.cached_shard(sha256)
             if data is None:
                 data = self.client.shard(shard_id)
@@ -431,7 +431,8 @@ class NodeSession:
         revealable = commit["ef_in"] != EMPTY_DIGEST or commit["ef_out"] != EMPTY_DIGEST
         loss = result.loss_mean if math.isfinite(result.loss_mean) else result.loss_last
         energy = energy_extra(reading)
-        extra = {"tokens": result.tokens, "steps": result.steps, "loss": float(loss), **energy, **commit}
+        extra = {"tokens": result.tokens, "steps": result.steps, **({"loss": float(loss)} if math.isfinite(loss) else {}),
+                 **energy, **commit}
         body = encode_update(encoded, codec, run_id=self.run_id, node_id=self.node_id, task_id=task_id,
                              base_version=base, extra=extra)
         raw = sum(4 * t.numel() for t in result.delta.values())
