@@ -8,7 +8,8 @@ batch 8, AdamW lr 3e-3 with the task's schedule, grad clip 1, H steps per task, 
 every process. The plain loop is a fresh process that trains the same model on the same corpus without any
 task structure. The worker is `trainnet worker` against `trainnet coordinator` on 127.0.0.1 (real processes,
 signed requests, durable SQLite state, a merge per update: quorum 1). Modes run interleaved, repeat after
-repeat (plain, serial worker, overlapped worker, ...), so load from other users of the machine hits all alike.
+repeat (plain, serial worker, overlapped worker, overlapped worker with the coordinator's held-out evaluation
+off), so load from other users of the machine hits all alike.
 
 Measured: plain tokens/s over its timed steps (after 5 warm-up steps); worker accepted tokens/s from its
 tasks.jsonl: tokens of the updates accepted after the first, divided by the time between the first and the
@@ -107,13 +108,14 @@ def run_plain(seconds: float, h: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- worker
-def run_worker(seconds: float, h: int, overlap: bool, workdir: Path) -> dict[str, Any]:
+def run_worker(seconds: float, h: int, overlap: bool, workdir: Path, coordinator_args: tuple[str, ...] = ()
+               ) -> dict[str, Any]:
     from trainnet.worker.procs import LocalCluster
     from trainnet.worker.report import read_task_logs
 
     toml = run_toml(workdir / "run.toml", h, 2 if overlap else 1)
     args = ["--threads", "1"] + ([] if overlap else ["--no-overlap"])
-    cl = LocalCluster(workdir, toml, workers=1, worker_args=args, coordinator_args=["--verify-rate", "0"])
+    cl = LocalCluster(workdir, toml, workers=1, worker_args=args, coordinator_args=["--verify-rate", "0", *coordinator_args])
     with cl:
         cl.start_coordinator()
         cl.wait_ready(timeout=300)
@@ -204,9 +206,11 @@ def machine() -> str:
             "other users: every figure is measured under that load)")
 
 
-MODES = ("plain", "worker-serial", "worker-overlap")
+MODES = ("plain", "worker-serial", "worker-overlap", "worker-overlap-noeval")
 LABELS = {"plain": "plain PyTorch loop", "worker-serial": "worker, serial (max_leases_per_node 1, the default)",
-          "worker-overlap": "worker, overlapped (max_leases_per_node 2)"}
+          "worker-overlap": "worker, overlapped (max_leases_per_node 2)",
+          "worker-overlap-noeval": "worker, overlapped, coordinator `--eval-interval 3600` (no held-out evaluation)"}
+COORDINATOR_ARGS = {"worker-overlap-noeval": ("--eval-interval", "3600")}
 
 
 def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, mach: str, load_end: float) -> str:
@@ -217,8 +221,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, m
         f"Model: gpt-bytes {MODEL} (the demo's), batch {BATCH} x {MODEL['block_size']}, AdamW lr {LR}, "
         f"H = {args.h} steps per task, codec q4, torch threads 1 per process, coordinator quorum 1 (a merge and "
         f"a new version per update), verification off, default held-out evaluation. {args.repeats} repeats of "
-        f"{args.seconds:.0f} s of steady state per mode, interleaved (plain, serial worker, overlapped worker, "
-        "then again). Produced by `bench/bench_worker_efficiency.py`.", "",
+        f"{args.seconds:.0f} s of steady state per mode, interleaved (one run of each mode, then again). "
+        "Produced by `bench/bench_worker_efficiency.py`.", "",
         "| mode | accepted tokens/s per repeat | median | vs plain (median of per-repeat ratios) | start-up s "
         "| tokens per CPU-second (all processes) | vs plain |",
         "|---|---|---|---|---|---|---|",
@@ -259,7 +263,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, m
 
         crit = ("train", "lease", "download", "wait") + (("encode", "upload") if mode == "worker-serial" else ())
         other = statistics.median(1 - sum(r["phases_s"].get(k, 0.0) for k in crit) / r["window_s"] for r in rs)
-        bg = " (bg)" if mode == "worker-overlap" else ""
+        bg = " (bg)" if mode != "worker-serial" else ""
         stale = [r["staleness_mean"] for r in rs if r["staleness_mean"] is not None]
         lines.append(f"| {LABELS[mode]} | {share('train')} | {share('lease')} | {share('download')} | {share('wait')} "
                      f"| {share('encode')}{bg} | {share('upload')}{bg} | {100 * other:.1f}% | {share('prefetch')} | "
@@ -292,7 +296,8 @@ def main() -> None:
                 r = run_plain(args.seconds, args.h)
             else:
                 with tempfile.TemporaryDirectory(prefix="bench-we-") as tmp:
-                    r = run_worker(args.seconds, args.h, mode == "worker-overlap", Path(tmp))
+                    r = run_worker(args.seconds, args.h, mode != "worker-serial", Path(tmp),
+                                   COORDINATOR_ARGS.get(mode, ()))
             r["load"] = os.getloadavg()[0]
             results[mode].append(r)
             print(f"repeat {rep + 1} {mode}: {r['tok_s']:,.0f} tok/s ({time.time() - t0:.0f} s)", flush=True)

@@ -40,9 +40,8 @@ import torch.nn as nn
 
 from trainnet.train.local import TaskHParams, TaskResult, make_inner_optimizer, sample_batch, use_bf16
 from trainnet.worker.client import ApiError, Stopped
+from trainnet.worker.phases import Deliveries, Heartbeat
 from trainnet.worker.session import (
-    Deliveries,
-    Heartbeat,
     NodeSession,
     RunDone,
     SessionOptions,

@@ -26,7 +26,6 @@ estimate; `memory_gb` overrides the capacity) and refuses it with exit status 6 
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -36,15 +35,14 @@ from typing import Any
 import torch
 
 from trainnet.energy import auto_meter
-from trainnet.train.local import TaskHParams, run_task
+from trainnet.train.local import TaskHParams, TaskResult, run_task
 from trainnet.train.partial import Partial, TaskHooks
 from trainnet.worker.client import ApiError, NotCoordinator, Stopped, Unreachable
 from trainnet.worker.fit import FitCheck
+from trainnet.worker.phases import Deliveries, Heartbeat
 from trainnet.worker.session import (
-    Deliveries,
     LEASE_FILE,
     TASK_LOG,
-    Heartbeat,
     NodeSession,
     Refused,
     RunDone,
@@ -216,9 +214,7 @@ class Worker(NodeSession):
                 self.status.log(f"task {task_id}: ignoring unknown hparams {unknown}")
             # not self.params afterwards: a prefetch may move it on
             base = self.ensure_model(int(task["base_version"]), phase=phase)
-            with self.timer.span("prefetch") if phase == "prefetch" else contextlib.nullcontext():
-                tokens = self.fetch_shard(task)
-            return base, tokens, hp
+            return base, self.fetch_shard(task, phase="prefetch" if phase == "prefetch" else "shard"), hp
         except (ApiError, ModelFormatError, ValueError, TypeError) as exc:
             self.status.log(f"task {task_id}: cannot start ({exc}); giving the lease back")
             self.give_back(task_id)
@@ -255,11 +251,13 @@ class Worker(NodeSession):
             hooks = self._hooks(task, hp, resume)
             self.training = True
             try:
-                result = run_task(self.model, base_params, tokens, hp, seed=int(task["seed"]), device=self.device,
-                                  hooks=hooks)
+                result = self._train(task, base_params, tokens, hp, hooks)
             finally:
                 self.training = False
                 reading = meter.stop()
+            if result is None:  # stopped where a task cannot be paused (a multi-rank node)
+                self.give_back(task_id)
+                raise Stopped("stopped")
             if isinstance(result, Partial):
                 self._pause(task, result)
                 raise Stopped("paused")
@@ -283,6 +281,11 @@ class Worker(NodeSession):
         if self.stop.is_set():
             raise Stopped("stop after upload")
         return None
+
+    def _train(self, task: dict[str, Any], base: dict[str, torch.Tensor], tokens: torch.Tensor, hp: TaskHParams,
+               hooks: TaskHooks) -> TaskResult | Partial | None:
+        """One task's training (worker/multi.py overrides it to train over several ranks)."""
+        return run_task(self.model, base, tokens, hp, seed=int(task["seed"]), device=self.device, hooks=hooks)
 
     def _prefetch_next(self) -> None:
         """Late in a task (PREFETCH_AT of its steps), on a thread: when the run allows one more lease than this

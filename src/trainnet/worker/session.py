@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from trainnet.server.api import solve_pow
 from trainnet.train.local import TaskHParams, params_of
 from trainnet.verify.commit import EMPTY_DIGEST, encode_committed
 from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
+from trainnet.worker.phases import PhaseTimer
 from trainnet.worker.reveal import RevealStore, reveal_body
 from trainnet.worker.status import StatusLine, human_bytes
 from trainnet.worker.store import ModelFormatError, WorkerStore
@@ -46,7 +46,6 @@ from trainnet.worker.versions import VersionFetcher
 
 TASK_LOG = "tasks.jsonl"
 LEASE_FILE = "lease.json"
-PROGRESS_EVERY_S = 60.0
 REVEAL_KEEP = 4  # residuals of this many recent uploads are kept (in memory) for a reveal
 HPARAM_FIELDS = {f.name for f in dataclasses.fields(TaskHParams)}
 SAVE_MODEL_EVERY_S = 30.0  # the model held is written to the state dir at most this often (and at exit)
@@ -76,40 +75,6 @@ class SessionOptions:
     seed: int | None = None  # backoff jitter
 
 
-class PhaseTimer:
-    """Seconds spent per phase (thread-safe); `take()` returns and clears them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.total: dict[str, float] = dict.fromkeys(PHASES, 0.0)
-        self._open: dict[str, float] = dict.fromkeys(PHASES, 0.0)
-
-    def add(self, phase: str, seconds: float) -> None:
-        with self._lock:
-            self.total[phase] = self.total.get(phase, 0.0) + seconds
-            self._open[phase] = self._open.get(phase, 0.0) + seconds
-
-    def take(self) -> dict[str, float]:
-        with self._lock:
-            out, self._open = self._open, dict.fromkeys(PHASES, 0.0)
-        return {k: round(v, 4) for k, v in out.items()}
-
-    def span(self, phase: str) -> _Span:
-        return _Span(self, phase)
-
-
-class _Span:
-    def __init__(self, timer: PhaseTimer, phase: str) -> None:
-        self.timer, self.phase = timer, phase
-
-    def __enter__(self) -> _Span:
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.timer.add(self.phase, time.perf_counter() - self.t0)
-
-
 def energy_extra(reading: EnergyReading | None) -> dict[str, Any]:
     """The task's energy for the update header's `extra` (docs/OBSERVABILITY.md); {} if there is no
     usable reading (a sensor glitch must not cost the update: the server refuses malformed fields)."""
@@ -135,32 +100,6 @@ def task_hparams(task: dict[str, Any]) -> tuple[TaskHParams, list[str]]:
     """The task's hyperparameters, and the names of any this worker does not know (ignored)."""
     unknown = sorted(set(task["hparams"]) - HPARAM_FIELDS)
     return TaskHParams(**{k: v for k, v in task["hparams"].items() if k in HPARAM_FIELDS}), unknown
-
-
-class Heartbeat(threading.Thread):
-    """Keeps a lease alive and reports the task's progress: heartbeats when half of the remaining lease has
-    passed, and at least every PROGRESS_EVERY_S seconds (the coordinator's log and dashboard show it)."""
-
-    def __init__(self, session: NodeSession, task: dict[str, Any]) -> None:
-        super().__init__(daemon=True, name="heartbeat")
-        self.session, self.task_id = session, task["task_id"]
-        self.offset = float(task["issued_at"]) - time.time()  # server clock - local clock
-        self.deadline = float(task["deadline"])
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while True:
-            left = self.deadline - (time.time() + self.offset)
-            if self.done.wait(max(0.5, min(left / 2, PROGRESS_EVERY_S))):
-                return
-            try:
-                reply = self.session.client.heartbeat(self.task_id, budget_s=max(2.0, left / 3),
-                                                      progress=self.session.progress or None)
-                self.deadline = float(reply.get("deadline", self.deadline))
-            except (ApiError, Unreachable, Stopped, ValueError) as exc:
-                self.session.status.log(f"heartbeat {self.task_id}: {exc}")
-                if isinstance(exc, ApiError | Stopped):
-                    return  # lease gone or stopping: nothing left to keep alive
 
 
 class NodeSession:
@@ -389,9 +328,10 @@ class NodeSession:
             self.store.save_model(self.params, self.version, self.run_id, self.model_cfg)
             self._saved_at, self._saved_version = time.monotonic(), self.version
 
-    def fetch_shard(self, task: dict[str, Any]) -> torch.Tensor:
+    def fetch_shard(self, task: dict[str, Any], phase: str = "shard") -> torch.Tensor:
+        """The task's shard as tokens: from the local cache, else downloaded and checked against its sha256."""
         shard_id, sha256 = int(task["shard_id"]), str(task["shard_sha256"])
-        with self.timer.span("shard"):
+        with self.timer.span(phase):
             data = self.store.cached_shard(sha256)
             if data is None:
                 data = self.client.shard(shard_id)
@@ -527,43 +467,3 @@ class NodeSession:
             self.reveals.forget(task_id)
             self.status.log(f"audit of {task_id}: residuals revealed")
             return True
-
-
-class Deliveries(threading.Thread):
-    """Delivers trained tasks one at a time, in order, on a background thread while the caller trains the next
-    one: `submit(task, result, ...)` takes NodeSession.deliver's arguments; `close()` delivers what is pending."""
-
-    def __init__(self, session: NodeSession) -> None:
-        super().__init__(daemon=True, name="deliveries")
-        self.session = session
-        self.jobs: queue.Queue[tuple | None] = queue.Queue()
-        self.pending = 0
-        self.idle = threading.Condition()
-
-    def submit(self, *job: Any) -> None:
-        with self.idle:
-            self.pending += 1
-        self.jobs.put(job)
-
-    def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                self.session.deliver(*job)
-            except Exception as exc:  # noqa: BLE001 - a failed delivery is logged; its lease expires
-                self.session.status.log(f"delivery of {job[0]['task_id']} failed: {type(exc).__name__}: {exc}")
-                self.session.release(str(job[0]["task_id"]))
-            finally:
-                with self.idle:
-                    self.pending -= 1
-                    self.idle.notify_all()
-
-    def wait(self, below: int = 1) -> None:
-        """Until fewer than `below` deliveries are pending (1: all delivered)."""
-        with self.idle:
-            while self.pending >= below:
-                self.idle.wait()
-
-    def close(self) -> None:
-        self.wait()
-        self.jobs.put(None)
-        self.join()
