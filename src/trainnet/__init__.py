@@ -5,7 +5,8 @@ Quick start (one machine, no download):
     trainnet simulate --config bench/standard.toml
 
 The wire-format helpers are re-exported here (`encode_update`, `decode_update`,
-`WireFormatError`); they are imported on first use so that `import trainnet` stays light.
+`WireFormatError`), and the drop-in API (`DistributedOptimizer`, `Participant`: your own training loop as
+one node, docs/DROPIN.md); they are imported on first use so that `import trainnet` stays light.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _LAZY = {
     "encode_update": "trainnet.protocol.wire",
     "decode_update": "trainnet.protocol.wire",
     "WireFormatError": "trainnet.protocol.wire",
+    "Participant": "trainnet.dropin",
+    "DistributedOptimizer": "trainnet.dropin",
 }
 
 __all__ = ["__version__", *_LAZY]

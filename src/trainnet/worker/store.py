@@ -32,12 +32,14 @@ class ModelFormatError(ValueError):
     """Received or stored parameters that do not fit the run's model."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write via a temp file and a rename; `fsync=False` for caches whose content is checked when read."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -120,7 +122,7 @@ class WorkerStore:
         return data
 
     def save_shard(self, sha256: str, data: bytes) -> None:
-        atomic_write(self._shard_path(sha256), data)
+        atomic_write(self._shard_path(sha256), data, fsync=False)  # a torn file fails its sha256: fetched again
         files = sorted((self.root / "shards").glob("*.bin"), key=lambda p: p.stat().st_mtime)
         for old in files[: max(0, len(files) - self.max_shards)]:
             old.unlink(missing_ok=True)

@@ -35,6 +35,17 @@ class VersionFetcher:
             self.urls.update(reply.get("urls") or {})
         return self.manifests[v]
 
+    def latest(self) -> int:
+        """The newest published version (its manifest, checked, is kept for the get() that follows)."""
+        reply = self.client.version("latest")
+        v = int(reply["latest"])
+        if v not in self.manifests and isinstance(reply.get("manifest"), dict):
+            manifest = verify_manifest(reply["manifest"], self.signer)
+            if int(manifest.get("version", -1)) == v:
+                self.manifests[v] = manifest
+                self.urls.update(reply.get("urls") or {})
+        return v
+
     def blob(self, key: str) -> bytes:
         return self.client.get_url(self.urls[key])
 
