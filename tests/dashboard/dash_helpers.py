@@ -53,6 +53,15 @@ class LiveRun:
             r = one_task(self.clients[i % 2])
             assert r is None or r.status_code == 200, r.text
 
+    def wait_version(self, above: int, timeout: float = 30.0) -> int:
+        """Merges run off the request path: wait (bounded) until a version above `above` is published."""
+        end = time.time() + timeout
+        while True:
+            v = int(self.dashboard()["model_version"])
+            if v > above or time.time() > end:
+                return v
+            time.sleep(0.1)
+
     def finish(self, timeout: float = 60.0) -> dict[str, Any]:
         end = time.time() + timeout
         while time.time() < end:

@@ -40,6 +40,7 @@ def test_dashboard_shows_live_values(live, tmp_path):
     from playwright.sync_api import sync_playwright
 
     live.step(2)  # at least one version and two contributors before the page loads
+    live.wait_version(0)  # (merges run off the request path)
     with sync_playwright() as p:
         browser = _browser(p)
         try:

@@ -18,6 +18,7 @@ def _samples(url: str, token: str | None = None) -> dict[tuple[str, tuple], floa
 
 def test_metrics_match_status(live):
     live.step(2)
+    live.wait_version(0)
     m = _samples(live.url)
     st = httpx.get(live.url + "/v1/status").json()
     assert m[("trainnet_model_version", ())] == st["model_version"] >= 1
@@ -34,6 +35,7 @@ def test_metrics_match_status(live):
         assert private[("trainnet_node_tokens_total", (("node", c.node_id),))] > 0
     # Counters only grow: another round of uploads moves them.
     live.step(2)
+    live.wait_version(int(m[("trainnet_model_version", ())]))
     m2 = _samples(live.url)
     assert m2[("trainnet_tokens_accepted_total", ())] > m[("trainnet_tokens_accepted_total", ())]
     assert m2[("trainnet_model_version", ())] > m[("trainnet_model_version", ())]
