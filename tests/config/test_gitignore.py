@@ -70,5 +70,5 @@ def test_command_outputs_are_ignored() -> None:
 def test_sources_are_not_ignored() -> None:
     _git_root()
     sources = ["src/trainnet/worker/node.py", "src/trainnet/worker/", "src/trainnet/store/state.py", "README.md",
-               "bench/standard.toml", "bench/results/server.md", "tests/worker/", "docs/PROTOCOL.md", "pyproject.toml"]
+               "bench/standard.toml", "bench/results/load.md", "tests/worker/", "docs/PROTOCOL.md", "pyproject.toml"]
     assert _ignored(sources) == set()
