@@ -50,7 +50,7 @@ def command_outputs() -> set[str]:
     keep = set()
     for p in out:
         p = p.removeprefix("./")
-        if p in ("-", "-/") or p.startswith(("/", "~")) or re.fullmatch(r"[A-Z_]+/?", p) or "{" in p:
+        if p in ("-", "-/") or p.startswith(("/", "~")) or re.fullmatch(r"[A-Z_]+(/.*)?", p) or "{" in p:
             continue  # stdout, paths outside the checkout, placeholders
         if p.split("/")[0] in tracked_dirs and "/" in p.rstrip("/"):
             continue  # inside the project's own folders (e.g. bench/results/*.md are committed on purpose)

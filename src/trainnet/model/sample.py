@@ -1,6 +1,6 @@
 """`trainnet sample`: print text sampled from a checkpoint.
 
-    trainnet sample --checkpoint out/coordinator/checkpoint.safetensors --prompt "def " --tokens 200
+    trainnet sample --checkpoint trainnet-demo/final_model.safetensors --prompt "def " --tokens 200
     model, cfg = load_checkpoint(path); text = sample_text(model, "import ", tokens=120, seed=0)
 
 Checkpoints are safetensors only (never torch.load / pickle); how their model config is stored:

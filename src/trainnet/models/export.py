@@ -1,7 +1,7 @@
 """`trainnet export`: a checkpoint as a Hugging Face folder that transformers loads offline.
 
     trainnet export trainnet-demo/final_model.safetensors --hf out/hf-model
-    trainnet export state/checkpoints/v00000042.safetensors --hf out/llama --tokenizer data/prepared
+    trainnet export llm-demo/final_model.safetensors --hf out/llama --tokenizer data/prepared
     model = transformers.AutoModelForCausalLM.from_pretrained("out/hf-model")   # same logits as ours
 
 Writes config.json, model.safetensors (save_pretrained; safetensors only) and the tokenizer files. gpt-bytes

@@ -182,8 +182,11 @@ class Api:
         if isinstance(r, NoTask):
             retry = None if math.isinf(r.retry_after_s) else float(r.retry_after_s)
             return {"task": None, "reason": r.reason, "retry_after_s": retry, **extra}
-        url = svc.blobs.presign_put(key, int(min(svc.limits.presign_s, max(60.0, r.deadline - now))),
-                                    self.uploads.max_bytes(r.codec))
+        # No Content-Length in the signature: S3 signs an exact size, not a cap, and the update's size is not known
+        # before training. The cap is enforced at commit (the stored object's size is read; a blob over the cap
+        # or unlike the claimed size is deleted and refused). A PUT never committed stays in the bucket: an S3
+        # lifecycle rule on the updates/ prefix removes it (docs/STORAGE.md).
+        url = svc.blobs.presign_put(key, int(min(svc.limits.presign_s, max(60.0, r.deadline - now))))
         upload = {"method": "PUT", "url": url, "max_bytes": self.uploads.max_bytes(r.codec)} if url else \
             {"method": "POST", "url": f"/v1/update/{r.task_id}", "max_bytes": self.uploads.max_bytes(r.codec)}
         return {"task": r.to_dict(), "upload": upload, **extra}

@@ -1,5 +1,5 @@
-"""Held-out evaluation of published versions, off the request path (a thread of the coordinator, or its own
-process: `trainnet evaluator`).
+"""Held-out evaluation of published versions, off the request path (a thread of the coordinator; its
+model forward passes run in the data-plane pool when there is one).
 
     ev = Evaluator(spec, state, blobs, interval_s=2.0)
     ev.step(now, latest=7, tokens=123_456, done=False)    # evaluates version 7 if due; True when it did

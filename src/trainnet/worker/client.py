@@ -1,4 +1,4 @@
-"""HTTP client for the TrainNet coordinator protocol v1 (see docs/PROTOCOL.md and the HTTP contract).
+"""HTTP client for the TrainNet coordinator protocol 2.0 (see docs/PROTOCOL.md and the HTTP contract).
 
     key = auth.load_or_create_key(state_dir)
     client = CoordinatorClient("http://127.0.0.1:8470", key)
