@@ -86,7 +86,8 @@ def run_demo(out: Path, workers: int, tokens: int, chaos: bool, port: int, seed:
                 scaleout.start_scale_out(cluster, stack, run_toml)
             else:
                 cluster.start_coordinator()
-            info = cluster.wait_ready()
+            # Importing torch and the web stack takes seconds on idle cores, a minute or more on a busy machine.
+            info = cluster.wait_ready(timeout=min(timeout, 300.0))
             echo(f"run {info.get('run_id')}: model {info.get('model')}, codec {info.get('codec')}, "
                  f"{info.get('data', {}).get('shards', '?')} shards, ready after {time.monotonic() - t0:.0f}s; "
                  f"starting {workers} workers (each loads torch and the model first: a few seconds)")
