@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from load.coord import CoordinatorProc, free_port, write_run  # noqa: E402
 from load.http import MiniHttp  # noqa: E402
 from load.node import SwarmNode, UpdateMaker  # noqa: E402
-from trainnet.devservers.postgres import find_pg_bin, postgres_server  # noqa: E402
 
+from trainnet.devservers.postgres import find_pg_bin, postgres_server  # noqa: E402
 from trainnet.store.state import open_state_store  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
