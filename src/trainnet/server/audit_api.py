@@ -125,7 +125,7 @@ class AuditApi:
         a = svc.read(lambda c: c.check_reveal(caller.node_id, task_id, now))
         if isinstance(a, str):
             raise ApiError(ERROR_STATUS.get(a, 409), a, "reveal refused")
-        parse_residuals(body, svc.spec.template, a.ef_in, a.ef_out)
+        parse_residuals(body, svc.spec.shapes, a.ef_in, a.ef_out)
         key = f"audits/{secrets.token_hex(16)}.safetensors"
         svc.blobs.put(key, body)
         err = svc.step(lambda c: c.reveal(caller.node_id, task_id, key, now))

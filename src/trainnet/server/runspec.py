@@ -74,15 +74,29 @@ class RunSpec:
 
     @cached_property
     def template(self) -> ParamDict:
-        """Parameter names and shapes (values: the initial weights, which are deterministic from the seed)."""
+        """The initial weights (deterministic from the seed). Held only where set or asked for: the coordinator
+        and the aggregators need names and shapes (`shapes`, `layout`), not a copy of the model."""
         return params_of(build_model(self.cfg))
 
     @cached_property
+    def shapes(self) -> ParamDict:
+        """Parameter names and shapes as storage-free meta tensors (a 1B model's fp32 copy is 4 GB per process)."""
+        if "template" in self.__dict__:
+            return {k: torch.empty(v.shape, device="meta") for k, v in self.template.items()}
+        try:
+            with torch.device("meta"):
+                return {k: p.detach() for k, p in build_model(self.cfg).named_parameters()}
+        except Exception:  # a spec that cannot be built on the meta device (e.g. loading a checkpoint)
+            return {k: torch.empty(v.shape, device="meta") for k, v in self.template.items()}
+
+    @cached_property
     def layout(self) -> ParamLayout:
-        return ParamLayout.of(self.template)
+        return ParamLayout.of(self.shapes)
 
     def init_params(self) -> ParamDict:
-        return {k: v.clone() for k, v in self.template.items()}
+        if "template" in self.__dict__:  # set by the simulator's warm start, or already built
+            return {k: v.clone() for k, v in self.template.items()}
+        return params_of(build_model(self.cfg))  # not cached: it is needed once, by the init job
 
     def model_info(self) -> dict[str, Any]:
         """The model config as workers get it in /v1/info (ModelConfig.from_dict reads it back)."""
