@@ -23,6 +23,8 @@ What it does, every step through the shipped code paths:
 5. Both final models are evaluated on the same held-out text (heldout.jsonl, each document followed by the
    tokenizer's separator): every token once, consecutive windows of block_size tokens
    (models.units.evaluate_stream); bits/byte = nats / (ln 2 x UTF-8 bytes of the targets).
+   A reference without a model: a unigram model with token frequencies counted on the prepared training
+   shards, on the same targets (unigram_baseline), for each tokenization.
 
 Everything in the report is measured here, except where it says "expectation".
 """
@@ -191,6 +193,32 @@ def export_check(ckpt: Path, data: Path, out: Path, heldout: Path, log: list[str
             "hf_class": type(twin).__name__, "decode_roundtrip": tok.decode(ids) == text}
 
 
+def unigram_baseline(prep: Path, stream: torch.Tensor, token_bytes: torch.Tensor,
+                     text_bytes: int) -> dict[str, float]:
+    """A reference point that needs no model: held-out bits/byte of a unigram (context-free) model whose token
+    frequencies are counted on the prepared TRAINING shards (the shards the runs sample from; add-0.5
+    smoothing), (a) over all of them and (b) over the shards in id order up to `text_bytes` bytes of text (about
+    the runs' budget). Same targets and bytes as heldout_units (stream[1:]). A model below it has learned more
+    than token frequencies; above it, not yet."""
+    from trainnet.data.token_corpus import load_prepared
+
+    c = load_prepared(prep)
+    targets = stream.reshape(-1)[1:].to(torch.int64)
+    nbytes = int(token_bytes.to(torch.int64)[targets].sum())
+    vocab = max(int(c.info()["vocab_size"]), int(targets.max()) + 1)
+    full, part, seen = torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64), 0
+    for e in sorted((e for e in c.manifest.shards if e.split == "train"), key=lambda e: e.id):
+        counts = torch.bincount(c.shard(e.id).tokens.to(torch.int64), minlength=vocab).double()
+        full += counts
+        if seen < text_bytes:
+            part, seen = part + counts, seen + e.text_bytes
+    out: dict[str, float] = {"first_shards_text_bytes": seen}
+    for key, counts in (("all_train", full), ("first_shards", part)):
+        logp = torch.log((counts + 0.5) / (counts + 0.5).sum())
+        out[f"{key}_bits_per_byte"] = float(-logp[targets].sum()) / (math.log(2) * nbytes)
+    return out
+
+
 def heldout_units(ckpt: Path, stream: torch.Tensor, token_bytes: torch.Tensor) -> dict[str, float]:
     from trainnet.models.checkpoint import load_checkpoint
     from trainnet.models.units import evaluate_stream
@@ -199,6 +227,21 @@ def heldout_units(ckpt: Path, stream: torch.Tensor, token_bytes: torch.Tensor) -
     t0 = time.monotonic()
     units = evaluate_stream(model, None, stream, mcfg.block_size, token_bytes, batch_size=16)
     return units | {"eval_s": time.monotonic() - t0}
+
+
+def unigram_from_work(res: dict[str, Any]) -> dict[str, Any]:
+    """unigram_baseline for results from before it existed, from the prepared folders their run left behind."""
+    from trainnet.data.prepare import encode_docs
+    from trainnet.data.tokenizing import BytesTokenizer, load_tokenizer, token_byte_lengths
+
+    out: dict[str, Any] = {}
+    for kind, key in (("llama", "bpe-jsonl"), ("gpt-bytes", "bytes")):
+        prep = Path(res["prepared"][key]["path"])
+        heldout = prep.parent.parent / "corpus" / "heldout.jsonl"
+        tok = BytesTokenizer() if key == "bytes" else load_tokenizer(prep)
+        stream = torch.from_numpy(encode_docs(heldout, tok))
+        out[kind] = unigram_baseline(prep, stream, token_byte_lengths(tok), int(res["text_bytes"]))
+    return out
 
 
 def machine() -> dict[str, Any]:
@@ -231,6 +274,9 @@ def main() -> None:
         res = json.loads(args.json.read_text())
         for r in res["runs"]:
             r.setdefault("audits", audit_log(Path(r["checkpoint"]).parent))
+        if "unigram" not in res:  # results written before the unigram reference existed: add it from the work folder
+            res["unigram"] = unigram_from_work(res)
+            args.json.write_text(json.dumps(res, indent=1, default=str) + "\n")
         args.md.write_text(report(res, args))
         print(f"wrote {args.md}")
         return
@@ -274,6 +320,8 @@ def main() -> None:
         "llama": count_params(ModelConfig.from_dict(run_config("llama", 0, prep / "bpe-jsonl", 1)["model"])),
         "gpt-bytes": count_params(ModelConfig.from_dict(run_config("gpt-bytes", 0, prep / "bytes", 1)["model"]))}
     res["budget_tokens_llama"] = round(args.text_bytes / a["bytes_per_token"])
+    res["unigram"] = {k: unigram_baseline(prep / d, *streams[k], args.text_bytes)
+                      for k, d in (("llama", "bpe-jsonl"), ("gpt-bytes", "bytes"))}
     res["runs"] = []
     for seed in args.seeds:
         llama_data = prep / ("bpe-jsonl" if seed % 2 == 0 else "bpe-parquet")
@@ -392,6 +440,22 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
                   f"the byte tokenizer's separator between documents is \"\\n\\n\" (2 bytes, {c['heldout_docs']} of "
                   "them), the BPE's <|endoftext|> counts 0 bytes (its loss is counted: a small handicap for the "
                   "Llama)."]
+    if res.get("unigram"):
+        u = res["unigram"]
+        lines += ["", "Reference without a model (`unigram_baseline`): a unigram model, token frequencies counted on the "
+                  "prepared training shards (add-0.5 smoothing), on the same held-out targets: "
+                  + "; ".join(f"{k} tokens {u[k]['all_train_bits_per_byte']:.3f} bits/byte counted over all training "
+                              f"shards, {u[k]['first_shards_bits_per_byte']:.3f} over the first "
+                              f"{u[k]['first_shards_text_bytes']:,} bytes of them" for k in ("llama", "gpt-bytes"))
+                  + ". A trained model below its tokenization's figure has learned more than token frequencies."]
+    lines += ["", "**Measured vs expectation.** Measured here: the held-out losses and bits/byte (every held-out token "
+              "evaluated once), the tokens each run trained on (the accepted tasks' records), gpt-bytes' bytes of "
+              "text seen (1 byte per token), the coordinator's val losses, wall times, task and audit counts, and the "
+              "export check. An expectation: the Llama's bytes of text seen, i.e. its accepted tokens × the "
+              "bytes/token of each task's shard (a task's windows are drawn uniformly from its shard, so the bytes "
+              "under them equal that on average, not exactly); its token budget is likewise derived from the BPE "
+              "shards' mean bytes/token. The comparison is one small configuration at one budget; it says nothing "
+              "measured about other sizes or budgets."]
     lines += ["", "## Export check (each Llama run)", "",
               "| seed | `trainnet export` wall s | files | transformers class | same token ids | max abs logit diff "
               f"({SAMPLE_TOKENS} held-out tokens) | allclose 1e-5 |", "|---|---|---|---|---|---|---|"]
