@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,11 +38,38 @@ from trainnet.consensus.robust import parse_rule
 from trainnet.consensus.robust_common import is_uniform
 from trainnet.consensus.robust_coord import median_block, trimmed_block
 from trainnet.protocol.wire import WireLimits, WireWriter
-from trainnet.store.blobs import BlobStore
+from trainnet.store.blobs import BlobNotFound, BlobStore
 
 
 class MergeError(RuntimeError):
     """The shard cannot finish this task (its own state is missing or corrupt); the task is retried."""
+
+
+class _SliceCache:
+    """Slices of published reconstructions, kept between merges in this process: a version's `pub` array is
+    written once and never changes, and consecutive merges re-base against mostly the same few versions (each
+    read was a request to the object store). Bounded by bytes; least recently used first out."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self.items: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
+
+    def get(self, key: str, a: int, b: int) -> torch.Tensor | None:
+        x = self.items.get((key, a, b))
+        if x is not None:
+            self.items.move_to_end((key, a, b))
+        return x
+
+    def put(self, key: str, a: int, b: int, x: torch.Tensor) -> None:
+        size = 4 * x.numel()
+        if size > self.max_bytes // 4:
+            return  # a large model's chunk: reading it again costs little next to its size
+        self.items[(key, a, b)] = x
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self.items.popitem(last=False)
+            self.nbytes -= 4 * old.numel()
+
 
 
 @dataclass
@@ -53,6 +81,8 @@ class ShardEnv:
     init_params: Callable[[], ParamDict] | None = None  # the model's initial weights (the init job)
     budget_elems: int = 1 << 24
     stats: dict[str, float] = field(default_factory=dict)  # bytes read, seconds: for benchmarks
+    # One per run and process: keys name a version's array within this run's store only.
+    pub_slices: _SliceCache = field(default_factory=lambda: _SliceCache(64 << 20))
 
 
 def run_merge_task(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
@@ -79,9 +109,14 @@ class _Bases:
             return
         for v in versions | {s["version_from"]}:
             key = keys.agg(s["shard"], v, "pub")
-            if self.env.blobs.size(key) is None:
-                continue  # pruned: updates based on it are too stale (see rebase)
-            self.cache[v] = read_f32(self.env.blobs, key, a - lo, b - lo)
+            x = self.env.pub_slices.get(key, a - lo, b - lo)
+            if x is None:
+                try:
+                    x = read_f32(self.env.blobs, key, a - lo, b - lo)
+                except BlobNotFound:
+                    continue  # pruned: updates based on it are too stale (see rebase)
+                self.env.pub_slices.put(key, a - lo, b - lo, x)
+            self.cache[v] = x
 
     def rebase(self, x: torch.Tensor, base: int) -> torch.Tensor:
         """Δ − (θ̃_base − θ̃_now): the step from today's model to the worker's endpoint (docs/ALGORITHM.md)."""
