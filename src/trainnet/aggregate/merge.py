@@ -268,8 +268,8 @@ def _apply(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
     dense = _dense_merge(spec, env, opened, bases, plan) if plan["dense"] and valid else None
     c = chunk_size(max(1, len(valid)), spec["block"], env.budget_elems)
     for a, b in chunks(lo, hi, c):
-        theta = read_f32(env.blobs, src.theta, a - lo, b - lo)
-        mom = read_f32(env.blobs, src.mom, a - lo, b - lo) if src.mom is not None else torch.zeros(b - a)
+        theta = src.read(env.blobs, src.theta, a - lo, b - lo)
+        mom = src.read(env.blobs, src.mom, a - lo, b - lo) if src.mom is not None else torch.zeros(b - a)
         if spec["kind"] == "final" or not valid:
             new = theta
         else:
@@ -290,7 +290,7 @@ def _apply(spec: dict[str, Any], env: ShardEnv) -> dict[str, Any]:
             raise MergeError(f"non-finite parameters after the outer step in [{a}, {b})")
         theta_out.write_tensor(new)
         mom_out.write_tensor(mom)
-        old = None if pub.exact else read_f32(env.blobs, src.pub, a - lo, b - lo)
+        old = None if pub.exact else src.read(env.blobs, src.pub, a - lo, b - lo)
         pub.add(new, old)
     out = {"shard": shard, "lo": lo, "hi": hi, "theta": theta_out.close(), "mom": mom_out.close()}
     out |= pub.close()

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainnet.aggregate import keys
-from trainnet.aggregate.arrays import f32_bytes
+from trainnet.aggregate.arrays import f32_bytes, read_f32
 from trainnet.store.blobs import BlobError, BlobStore
 
 log = logging.getLogger("trainnet.aggregate")
@@ -47,21 +48,32 @@ def read_sums(blobs: BlobStore, shard: int, version: int) -> dict[str, Any] | No
     return doc if isinstance(doc, dict) else None
 
 
-def intact(blobs: BlobStore, key: str, nbytes: int, want: dict[str, Any] | None) -> bool:
-    """The blob has `nbytes` bytes and (when checksums exist) the recorded sha256; read in 4 MB pieces."""
+KEEP_MAX = 16 << 20  # a verified blob up to this size is kept in memory for the apply phase (one read, not two)
+
+
+def intact(blobs: BlobStore, key: str, nbytes: int, want: dict[str, Any] | None,
+           keep: dict[str, bytes] | None = None) -> bool:
+    """The blob has `nbytes` bytes and (when checksums exist) the recorded sha256; read in 4 MB pieces. With
+    `keep`, a small verified blob's bytes go there (each read is a request to an object store)."""
     try:
-        if blobs.size(key) != nbytes:
-            return False
         if want is None:
-            return True
+            return blobs.size(key) == nbytes
         if want.get("nbytes") != nbytes:
             return False
-        h = hashlib.sha256()
+        h, got, pieces = hashlib.sha256(), 0, []
         for off in range(0, nbytes, PIECE):
-            h.update(blobs.get_range(key, off, min(PIECE, nbytes - off)))
+            piece = blobs.get_range(key, off, min(PIECE, nbytes - off))
+            h.update(piece)
+            got += len(piece)
+            if keep is not None and nbytes <= KEEP_MAX:
+                pieces.append(piece)
     except (BlobError, OSError):
         return False
-    return h.hexdigest() == want.get("sha256")
+    if got != nbytes or h.hexdigest() != want.get("sha256"):
+        return False
+    if pieces:
+        keep[key] = b"".join(pieces)
+    return True
 
 
 @dataclass
@@ -70,6 +82,14 @@ class Sources:
     mom: str | None  # None: the momentum restarts from zeros
     pub: str | None  # None: no usable published state (the version is then published exactly, in full)
     recovered: list[str] = field(default_factory=list)
+    data: dict[str, bytes] = field(default_factory=dict)  # key -> bytes of the small blobs verified above
+
+    def read(self, blobs: BlobStore, key: str, lo: int, hi: int) -> torch.Tensor:
+        """Elements [lo, hi) of a float32 state array: from the verified bytes when kept, else a ranged read."""
+        raw = self.data.get(key)
+        if raw is None:
+            return read_f32(blobs, key, lo, hi)
+        return torch.from_numpy(np.frombuffer(raw, dtype="<f4", count=hi - lo, offset=4 * lo).astype(np.float32))
 
 
 def load_sources(blobs: BlobStore, spec: dict[str, Any], rebuild_pub: Callable[[], torch.Tensor] | None) -> Sources:
@@ -79,7 +99,8 @@ def load_sources(blobs: BlobStore, spec: dict[str, Any], rebuild_pub: Callable[[
     sums = read_sums(blobs, shard, v)
     want = {w: None if sums is None else sums.get(w) for w in WHAT}
     key = {w: keys.agg(shard, v, w) for w in WHAT}
-    ok = {w: intact(blobs, key[w], nbytes, want[w]) for w in WHAT}
+    data: dict[str, bytes] = {}
+    ok = {w: intact(blobs, key[w], nbytes, want[w], data) for w in WHAT}
     recovered: list[str] = []
     if not ok["pub"] and rebuild_pub is not None:
         try:
@@ -109,4 +130,4 @@ def load_sources(blobs: BlobStore, spec: dict[str, Any], rebuild_pub: Callable[[
         recovered.append("no published state: this version is published exactly, in full")
     if recovered:
         log.warning("shard %d, version %d: state corrupt or missing: %s", shard, v, "; ".join(recovered))
-    return Sources(theta, key["mom"] if ok["mom"] else None, key["pub"] if ok["pub"] else None, recovered)
+    return Sources(theta, key["mom"] if ok["mom"] else None, key["pub"] if ok["pub"] else None, recovered, data)
