@@ -22,6 +22,7 @@ import json
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,9 @@ class _SliceCache:
             _, old = self.items.popitem(last=False)
             self.nbytes -= 4 * old.numel()
 
+
+
+OPEN_THREADS = 8
 
 
 @dataclass
@@ -130,12 +134,25 @@ class _Bases:
 
 def _open_all(spec: dict[str, Any], env: ShardEnv, which: list[int]) -> tuple[dict[int, OpenUpdate],
                                                                                dict[int, Invalid]]:
-    opened, bad = {}, {}
-    for i in which:
+    def one(i: int) -> OpenUpdate | Invalid:
         try:
-            opened[i] = OpenUpdate.open(env.blobs, spec["updates"][i], env.layout, env.limits, env.run_id)
+            return OpenUpdate.open(env.blobs, spec["updates"][i], env.layout, env.limits, env.run_id)
         except Invalid as exc:
-            bad[i] = exc
+            return exc
+
+    # Opening is a few object-store requests per update, waiting on the network: they overlap in a few threads
+    # (a merge of a small model's updates was mostly this wait).
+    if len(which) > 1:
+        with ThreadPoolExecutor(max_workers=min(OPEN_THREADS, len(which)), thread_name_prefix="open") as ex:
+            results = list(ex.map(one, which))
+    else:
+        results = [one(i) for i in which]
+    opened, bad = {}, {}
+    for i, r in zip(which, results, strict=True):
+        if isinstance(r, Invalid):
+            bad[i] = r
+        else:
+            opened[i] = r
     return opened, bad
 
 
