@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,11 +18,21 @@ def _samples(url: str, token: str | None = None) -> dict[tuple[str, tuple], floa
     return out
 
 
+def _settled(url: str, timeout: float = 30.0) -> tuple[dict, dict]:
+    """/metrics and /v1/status read while no merge lands in between (merges run off the request path)."""
+    end = time.time() + timeout
+    while True:
+        m = _samples(url)
+        st = httpx.get(url + "/v1/status").json()
+        if m[("trainnet_model_version", ())] == st["model_version"] or time.time() > end:
+            return m, st
+        time.sleep(0.2)
+
+
 def test_metrics_match_status(live):
     live.step(2)
     live.wait_version(0)
-    m = _samples(live.url)
-    st = httpx.get(live.url + "/v1/status").json()
+    m, st = _settled(live.url)
     assert m[("trainnet_model_version", ())] == st["model_version"] >= 1
     assert m[("trainnet_tokens_accepted_total", ())] == st["tokens"] > 0
     assert m[("trainnet_updates_accepted_total", ())] == st["updates_accepted"]

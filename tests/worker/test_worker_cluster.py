@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
@@ -16,6 +17,7 @@ H = 20  # tasks long enough that merges (tens of milliseconds) keep up with them
 TASK_TOKENS = H * 8 * 32  # h * batch * seq
 
 
+@pytest.mark.slow
 def test_three_workers_finish_a_run_and_sample_prints_text(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=20 * TASK_TOKENS, workers=3, h=H)
     cl.start_coordinator()

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from trainnet.worker.report import read_task_logs
 
 LONG_H = 1200  # ~2 s or more per task here: longer than the lease, so only heartbeats keep it alive
@@ -84,6 +86,7 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_worker_rides_out_a_coordinator_restart(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=50 * 5 * 8 * 32, workers=2)
     cl.start_coordinator()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from trainnet.models import ModelConfig, build_model
 from trainnet.worker.fit import FitCheck
 from trainnet.worker.node import EXIT_NO_MEMORY
@@ -26,6 +28,7 @@ def test_fit_check_message_names_model_need_and_memory() -> None:
     assert "batch 4 x 64 tokens per rank" in FitCheck("cpu", memory_gb=0.001, ranks=2).refusal(cfg, TASK, model)
 
 
+@pytest.mark.slow
 def test_worker_refuses_a_task_too_big_for_its_memory(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=4 * 5 * 8 * 32, workers=1, worker_args=["--memory-gb", "0.001"])
     cl.start_coordinator()

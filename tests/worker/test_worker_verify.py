@@ -30,6 +30,7 @@ def audit_rows(state: Path) -> list[tuple]:
         store.close()
 
 
+@pytest.mark.slow
 def test_honest_workers_reveal_and_pass_every_audit(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=10 * TASK_TOKENS, workers=2, verify_rate=1.0)
     cl.start_coordinator()
@@ -59,6 +60,7 @@ def test_honest_workers_reveal_and_pass_every_audit(cluster_factory, wt, tmp_pat
     wt.wait_for(lambda: not list((tmp_path / "coordinator" / "blobs" / "audits").glob("*")), 10, "residuals pruned")
 
 
+@pytest.mark.slow
 def test_unknown_upload_outcome_resets_residual_and_reveals_on_request(cluster_factory, wt, tmp_path: Path) -> None:
     cl = cluster_factory(tokens=10 * TASK_TOKENS, workers=0, verify_rate=1.0)
     cl.start_coordinator()
@@ -92,6 +94,7 @@ def test_unknown_upload_outcome_resets_residual_and_reveals_on_request(cluster_f
     assert audits[t2][3] == EMPTY_DIGEST and audits[t2][4] != EMPTY_DIGEST
 
 
+@pytest.mark.slow
 def test_restarted_worker_reveals_from_disk(cluster_factory, wt, tmp_path: Path) -> None:
     """An honest worker killed between an audited upload and its reveal is not banned: the residual pair
     was saved before the upload, and the restarted worker reveals it when the lease reply asks."""
