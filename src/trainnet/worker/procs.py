@@ -221,7 +221,7 @@ class LocalCluster:
             w.signal(signal.SIGTERM)
         for w in self.workers:
             w.stop()
+        self._http.close()  # first: an open keep-alive connection can hold the coordinator's graceful shutdown
         self.coordinator.stop()
         for c in self.services:
             c.stop()
-        self._http.close()
