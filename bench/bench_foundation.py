@@ -21,12 +21,16 @@ FAULTS = ["--dropout", "0.3", "--set", "sim.speed_sigma=0.3", "--set", "sim.slow
           "--set", "sim.lag_s=2.0"]
 VARIANTS = {
     "sync": ["--algo", "sync"],
+    # The baseline at a smaller inner learning rate too (issue 11: one seed's sync run ended at 1.894 at 3e-3 and
+    # 1.748 at 1.5e-3): the table compares against the better of the two, seed by seed.
+    "sync_lr15": ["--algo", "sync", "--set", "inner.lr=1.5e-3"],
     "async": [],
     "async_faults": FAULTS,
     "async_faults_churn": FAULTS + ["--set", "sim.depart_fraction=0.25", "--set", "sim.late_fraction=0.25"],
 }
 LABELS = {
     "sync": "synchronous AdamW (fp32 DDP)",
+    "sync_lr15": "synchronous AdamW (fp32 DDP), inner lr 1.5e-3",
     "async": "async, fault-free",
     "async_faults": "async, 30% of tasks dropped + slow tail + lag",
     "async_faults_churn": "... and 25% of workers leave for good, 25% join late",
@@ -48,7 +52,10 @@ def main() -> None:
     extra = [x for s in args.sets for x in ("--set", s)]
     by = run_variants(args.config, {v: VARIANTS[v] for v in args.variants}, args.seeds, Path(args.out),
                       args.jobs, extra, args.reuse)
-    sync = mean_of(by["sync"], "final_val_loss") if by.get("sync") else None
+    # "vs sync": against the better synchronous baseline of each seed (lr 3e-3 or 1.5e-3), not an untuned one
+    syncs = [by[v] for v in ("sync", "sync_lr15") if by.get(v)]
+    sync = (sum(min(rs[i]["final_val_loss"] for rs in syncs) for i in range(len(syncs[0]))) / len(syncs[0])
+            if syncs else None)
     ff = mean_of(by["async"], "final_val_loss") if by.get("async") else None
     lines = [
         "# Foundation: asynchronous gradient consensus vs synchronous data parallel, at equal tokens",
@@ -59,9 +66,11 @@ def main() -> None:
         "",
         "Every run trains the same accepted-token budget and is scored on the same held-out windows. Upload bytes "
         "are the measured sizes of the encoded updates each worker sent (fp32, no compression); the DDP figure is "
-        "one fp32 gradient per worker per step for the same tokens. Warm-up tokens and bytes count like the rest.",
+        "one fp32 gradient per worker per step for the same tokens. Warm-up tokens and bytes count like the rest. "
+        "\"vs best sync\": against the mean over seeds of the better synchronous run of each seed (inner lr 3e-3 "
+        "or 1.5e-3). Every run goes through the shipped engine and Api (`trainnet simulate`).",
         "",
-        "| run | val loss per seed | mean | vs sync | vs fault-free | outer steps | dropped / expired leases "
+        "| run | val loss per seed | mean | vs best sync | vs fault-free | outer steps | dropped / expired leases "
         "| up per worker | DDP up per worker | reduction | virtual time s | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
