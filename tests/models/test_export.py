@@ -67,3 +67,30 @@ def test_hf_model_exports_with_its_tokenizer(tmp_path: Path):
                     shard_tokens=1000, val_every=3)
     with pytest.raises(CheckpointError, match="differs from the one the model was trained with"):
         export_hf(tmp_path / "ck.safetensors", tmp_path / "hf3", tokenizer=other.root)
+
+
+def test_sample_cli_works_on_an_hf_model_with_its_tokenizer(tmp_path: Path):
+    """`trainnet sample` on both model kinds: an hf model samples tokens of its BPE (deterministic per seed),
+    refuses to run without a tokenizer or with another one."""
+    from click.testing import CliRunner
+
+    from trainnet.model.sample import sample_cmd
+
+    prepare(Path(sysconfig.get_paths()["stdlib"]) / "json", tmp_path / "data", tokenizer="bpe:400",
+            shard_tokens=1000, val_every=3)
+    mcfg = llama(vocab=400)
+    mcfg.tokenizer = str(tmp_path / "data")
+    _checkpoint(mcfg, tmp_path / "ck.safetensors")
+    args = ["--checkpoint", str(tmp_path / "ck.safetensors"), "--prompt", "import ", "--tokens", "12"]
+    r1 = CliRunner().invoke(sample_cmd, [*args, "--tokenizer", str(tmp_path / "data")])
+    r2 = CliRunner().invoke(sample_cmd, [*args, "--tokenizer", str(tmp_path / "data")])
+    assert r1.exit_code == 0, r1.output
+    assert r1.output.startswith("import ") and len(r1.output) > len("import \n") and r1.output == r2.output
+    r3 = CliRunner().invoke(sample_cmd, [*args, "--tokenizer", str(tmp_path / "data"), "--seed", "5"])
+    assert r3.exit_code == 0 and r3.output != r1.output  # another seed, another sample (random weights: 400 ids)
+    missing = CliRunner().invoke(sample_cmd, args)
+    assert missing.exit_code != 0 and "needs --tokenizer" in missing.output
+    prepare(Path(sysconfig.get_paths()["stdlib"]) / "json", tmp_path / "other", tokenizer="bpe:401",
+            shard_tokens=1000, val_every=3)
+    wrong = CliRunner().invoke(sample_cmd, [*args, "--tokenizer", str(tmp_path / "other")])
+    assert wrong.exit_code != 0 and "differs from the one the model was trained with" in wrong.output

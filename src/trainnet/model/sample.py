@@ -1,10 +1,13 @@
 """`trainnet sample`: print text sampled from a checkpoint.
 
     trainnet sample --checkpoint trainnet-demo/final_model.safetensors --prompt "def " --tokens 200
+    trainnet sample --checkpoint llm-run/final_model.safetensors --tokenizer data/prepared   # an hf model + its BPE
     model, cfg = load_checkpoint(path); text = sample_text(model, "import ", tokens=120, seed=0)
 
 Checkpoints are safetensors only (never torch.load / pickle); how their model config is stored:
-trainnet.models.checkpoint. Sampling here is byte-level: it needs a gpt-bytes checkpoint.
+trainnet.models.checkpoint. A byte-level model (vocab 256) needs no tokenizer; any other model needs the one
+it was trained with (`--tokenizer`: a tokenizer.json or the prepared data folder), checked against the
+tokenizer hash the checkpoint records.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch.nn as nn
 
 from trainnet.models.checkpoint import CONFIG_KEY, CheckpointError, load_checkpoint, read_config
 
-__all__ = ["CONFIG_KEY", "CheckpointError", "load_checkpoint", "read_config", "sample_lines", "sample_text"]
+__all__ = ["CONFIG_KEY", "CheckpointError", "load_checkpoint", "read_config", "sample_lines", "sample_text",
+           "sample_tokens"]
 
 
 def _printable(text: str) -> str:
@@ -45,11 +49,45 @@ def _few_threads(model: nn.Module) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@torch.no_grad()
+def _generate(model: nn.Module, idx: torch.Tensor, n: int, block_size: int, temperature: float,
+              top_k: int | None, gen: torch.Generator) -> torch.Tensor:
+    """Any model with TrainNet's forward contract (forward(x) -> (logits, loss)): n tokens appended to idx."""
+    for _ in range(n):
+        logits, _ = model(idx[:, -block_size:])
+        logits = logits[:, -1, :].float()
+        if temperature <= 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits[logits < kth] = -float("inf")
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+        idx = torch.cat([idx, nxt], dim=1)
+    return idx
+
+
+def sample_tokens(model: nn.Module, tokenizer: object, block_size: int, prompt: str = "", tokens: int = 200,
+                  temperature: float = 0.8, seed: int = 0, top_k: int | None = None) -> str:
+    """Continue `prompt` by `tokens` tokens of `tokenizer` (a trainnet.data.tokenizing HFTokenizer)."""
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:
+        ids = tokenizer.encode("\n") or [0]
+    idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
+    gen = torch.Generator(device=idx.device).manual_seed(seed)
+    with _few_threads(model):
+        out = _generate(model, idx, tokens, block_size, temperature, top_k, gen)
+    text = tokenizer.decode(out[0].tolist()[0 if prompt else len(ids):])
+    return _printable(text)
+
+
 def sample_text(model: nn.Module, prompt: str = "", tokens: int = 200, temperature: float = 0.8, seed: int = 0,
                 top_k: int | None = None) -> str:
     """Continue `prompt` by `tokens` bytes; deterministic for a seed. Returns prompt + continuation."""
     if not hasattr(model, "generate") or getattr(getattr(model, "cfg", None), "vocab_size", 0) != 256:
-        raise CheckpointError("byte-level sampling needs a gpt-bytes model with vocab_size 256")
+        raise CheckpointError("byte-level sampling needs a gpt-bytes model with vocab_size 256 (other models: "
+                              "give the tokenizer they were trained with, --tokenizer)")
     data = prompt.encode("utf-8") or b"\n"
     idx = torch.tensor([list(data)], dtype=torch.long, device=next(model.parameters()).device)
     gen = torch.Generator(device=idx.device).manual_seed(seed)
@@ -71,15 +109,49 @@ def sample_lines(path: str | Path, prompt: str = "", tokens: int = 200, temperat
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="safetensors checkpoint with its model config (metadata or sidecar .json).")
 @click.option("--prompt", default="", help="Text to continue (default: start of a line).")
-@click.option("--tokens", type=click.IntRange(1, 100_000), default=200, show_default=True, help="Bytes to sample.")
+@click.option("--tokens", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="Tokens to sample (bytes for a byte-level model).")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the k likeliest bytes.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_cmd(checkpoint, prompt, tokens, temperature, top_k, seed):
-    """Print text sampled from a trained checkpoint (byte-level GPT)."""
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True),
+              help="The tokenizer the model was trained with (tokenizer.json or the prepared data folder); not "
+                   "needed for a byte-level model.")
+def sample_cmd(checkpoint, prompt, tokens, temperature, top_k, seed, tokenizer_path):
+    """Print text sampled from a trained checkpoint (a byte-level GPT, or any model with --tokenizer)."""
     torch.manual_seed(seed)
     try:
-        model, _ = load_checkpoint(checkpoint)
+        model, mcfg = load_checkpoint(checkpoint)
+        if tokenizer_path is None and mcfg.vocab_size == 256 and hasattr(model, "generate"):
+            click.echo(sample_text(model, prompt, tokens, temperature, seed, top_k))
+            return
+        if tokenizer_path is None:
+            raise CheckpointError(f"{checkpoint}: a {mcfg.spec} model with vocab {mcfg.vocab_size} needs --tokenizer "
+                                  "(its tokenizer.json or the prepared data folder)")
+        tok = _checked_tokenizer(checkpoint, tokenizer_path)
+        click.echo(sample_tokens(model, tok, mcfg.block_size, prompt, tokens, temperature, seed, top_k))
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(sample_text(model, prompt, tokens, temperature, seed, top_k))
+
+
+def _checked_tokenizer(checkpoint: str, path: str) -> object:
+    """The tokenizer at `path`, refused if the checkpoint records another one's sha256."""
+    import json
+
+    from safetensors import safe_open
+
+    from trainnet.data.tokenizing import HFTokenizer, TokenizerError, load_tokenizer
+    from trainnet.models.checkpoint import TOKENIZER_KEY
+
+    try:
+        tok = load_tokenizer(path)
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(tok, HFTokenizer):
+        raise CheckpointError(f"--tokenizer {path}: not a tokenizer.json (a byte-level model needs no --tokenizer)")
+    with safe_open(str(checkpoint), framework="pt") as f:
+        expected = json.loads((f.metadata() or {}).get(TOKENIZER_KEY, "null"))
+    if isinstance(expected, dict) and expected.get("sha256") and expected["sha256"] != tok.sha256:
+        raise CheckpointError(f"--tokenizer {path}: sha256 {tok.sha256[:12]} differs from the one the model was "
+                              f"trained with ({expected['sha256'][:12]})")
+    return tok

@@ -207,8 +207,9 @@ def print_summary(cluster: Any, status: dict[str, Any], out: Path, elapsed_s: fl
              f"run's held-out windows (the dashboard and report show the same figure; a uniform guess scores "
              f"ln {vocab} = {math.log(vocab):.3f})")
     if not byte_level or (info.get("model") or {}).get("spec", "gpt-bytes") != "gpt-bytes":
-        echo(f"-- no sample: `trainnet sample` is byte-level GPT only; export the model instead: trainnet export "
-             f"{ckpt} --hf OUT" + ("" if byte_level else " --tokenizer DATA_FOLDER"))
+        tok = "" if byte_level else " --tokenizer DATA_FOLDER"
+        echo(f"-- sample it: trainnet sample --checkpoint {ckpt}{tok}; export it for transformers: "
+             f"trainnet export {ckpt} --hf OUT{tok}")
         return figures
     echo(f"-- sampled from the final model (prompt 'def ', {sample_tokens} bytes, temperature 0.8):")
     for line in sample_lines(ckpt, prompt="def ", tokens=sample_tokens, max_lines=8):
