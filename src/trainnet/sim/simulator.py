@@ -108,9 +108,11 @@ class Models:
         if v not in self.flat:
             prev = max((u for u in self.flat if u < v), default=None)
             self.flat[v] = self.recon.get(v, (prev, self.flat[prev]) if prev is not None else None)
-            for old in sorted(self.flat)[:-self.keep]:
+        x = self.flat[v]
+        for old in sorted(self.flat)[:-self.keep]:
+            if old != v:  # a stale task's base may be older than the versions kept: it is still returned
                 del self.flat[old]
-        return self.spec.layout.unflatten(self.flat[v])
+        return self.spec.layout.unflatten(x)
 
     def download_bytes(self, target: int, have: int | None) -> int:
         start, deltas = self.recon.plan(target, have if have is not None and have <= target else None)
