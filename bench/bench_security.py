@@ -120,7 +120,8 @@ def table(results: list[dict], args: argparse.Namespace, meta: dict) -> str:
     for r in results:
         r["rel"] = r["final_val_loss"] / clean[(r["iid"], r["seed"], r.get("machine"))] - 1
     extra = sorted({r["defence"] for r in results} - {"mean", "robust", "robust+verify"})
-    defs = ["mean", "robust", *extra, "robust+verify"]  # extra: other rules alone (--extra-rules)
+    defs = [d for d in ["mean", "robust", *extra, "robust+verify"]  # extra: other rules alone (--extra-rules)
+            if any(r["defence"] == d for r in results)]  # (a reduced run may leave a defence out)
     lines = ["# Attack matrix (`bench/bench_security.py`)\n", meta["header"], ""]
     for iid in [x for x in (True, False) if any(r["iid"] == x for r in results)]:
         lines += [f"\n## {'IID' if iid else 'Non-IID'} shards\n",

@@ -49,6 +49,9 @@ def test_verification_bans_cheaters_and_no_honest_node(small_corpus, make_tiny_c
     honest = [v for v in r["reputation"].values() if not v["malicious"]]
     assert all(v["audits_failed"] == 0 and not v["banned"] for v in honest)
     assert 0 < r["verify_cost"] < 1 and r["verify_steps"] % cfg.consensus.h == 0
+    # the outer step of each cheater's ban, recorded as it happened
+    assert len(r["rounds_to_ban"]) == r["cheaters_banned"]
+    assert all(0 <= x <= r["outer_steps"] for x in r["rounds_to_ban"])
 
 
 def test_banned_node_is_refused_and_gets_no_more_work(small_corpus, make_tiny_config):

@@ -33,6 +33,7 @@ class Security:
         self.adv = (Adversary(s.attack, s.workers, s.malicious, c.quorum, s.seed, corpus, s.attack_window,
                               c.aggregator) if s.attack else None)
         self.malicious_ids: set[str] = set()
+        self.ban_steps: dict[str, int] = {}  # node id -> outer step of its ban
         for w in workers:
             if self.adv is not None and self.adv.is_malicious(w.idx):
                 w.malicious = True
@@ -76,6 +77,8 @@ class Security:
             "honest_banned": sum(1 for b in bans if not b["malicious"]),
             "cheaters_banned": sum(1 for b in bans if b["malicious"]),
             "cheaters_banned_fraction": (sum(1 for n in mal if n in banned) / len(mal)) if mal else None,
+            # the outer step at which each banned cheater was banned (the simulator records it as it happens)
+            "rounds_to_ban": [self.ban_steps[n] for n in mal if n in self.ban_steps],
             "audits_passed": core.audits_passed, "audits_failed": core.audits_failed,
             "audits_unfinished": len(core.audits), "verify_steps": core.verify_steps,
             "verify_cost": core.verify_steps / max(steps_total, 1),

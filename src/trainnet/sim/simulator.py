@@ -191,6 +191,7 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
     record_eval(0.0)
     now = 0.0
     events = 0
+    bans_seen = core.nodes_banned
     while heap and not core.done and events < 10_000_000:
         events += 1
         now, _, kind, wi, payload = heapq.heappop(heap)
@@ -210,6 +211,11 @@ def simulate(cfg: RunConfig, on_progress: Callable[[dict[str, Any]], None] | Non
             stats["verify_events"] += 1
             api.audits.verify_once(now)
             settle(now)
+        if core.nodes_banned != bans_seen:  # the outer step at which each node was banned (rounds_to_ban)
+            bans_seen = core.nodes_banned
+            for n in core.nodes.values():
+                if n.banned and n.node_id not in sec.ban_steps:
+                    sec.ban_steps[n.node_id] = core.outer_steps
         if core.outer_steps != last_eval[0] and (core.outer_steps % s.eval_every == 0 or core.done):
             record_eval(now)
     settle(now)
