@@ -304,6 +304,7 @@ def _arrive(w: VirtualWorker, payload: tuple[TaskSpec, bytes], now: float, api: 
     else:
         stats["steps_wasted"] += spec.hparams["steps"]
         w.residuals.pop(spec.task_id, None)
+        w.uploader.refused()  # the residual goes back to this task's r_in (the real worker does the same)
     if reply.get("reason") != "banned":
         push(now, "free", w.idx)
 

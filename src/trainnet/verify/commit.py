@@ -69,3 +69,10 @@ class CommittingUploader:
         extra = {"tokens": spec.tokens, "steps": spec.hparams["steps"], **commit}
         return encode_update(encoded, codec, run_id=spec.run_id, node_id=node_id,
                              task_id=spec.task_id, base_version=spec.base_version, extra=extra)
+
+    def refused(self) -> None:
+        """The last upload was refused (stale, wrong base, ...): its task is trained again elsewhere, so its
+        contribution leaves the residual, which goes back to r_in: the coordinator's chain head is still the
+        last accepted ef_out, and the next upload must start from it (what the real worker does too)."""
+        r_in, _ = self.last_residuals
+        self.feedback.residuals = {k: v.clone() for k, v in r_in.items()}
