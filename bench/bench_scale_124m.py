@@ -36,7 +36,6 @@ import platform
 import re
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 from simrunner import cpu_model  # noqa: E402  (bench/ is the script directory)
 
 from trainnet.codec.spec import parse_codec  # noqa: E402
-from trainnet.config import load_config  # noqa: E402
 from trainnet.models import build_model  # noqa: E402
 from trainnet.protocol import auth  # noqa: E402
 from trainnet.protocol.wire import encode_update, header_sha256  # noqa: E402
