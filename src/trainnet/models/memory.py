@@ -59,15 +59,22 @@ class ModelShape:
         from trainnet.models.registry import get_spec
 
         spec = get_spec(mcfg.spec)
-        resolved = spec.resolve(mcfg)
         with torch.device("meta"):
-            model = spec.build(resolved)
+            model = spec.build(spec.resolve(mcfg))
+        return cls.from_model(model, mcfg)
+
+    @classmethod
+    def from_model(cls, model: Any, mcfg: ModelConfig) -> ModelShape:
+        """The shape read from a model already built (on any device) from `mcfg`."""
+        from trainnet.models.registry import get_spec
+
+        resolved = get_spec(mcfg.spec).resolve(mcfg)
         params = sum(p.numel() for p in model.parameters())
-        names = [n for n, _ in model.named_parameters()]
-        gated = any(("gate_proj" in n or "gate_up_proj" in n or ".w3." in n) for n in names)
         if resolved.spec == "gpt-bytes":
             h = resolved.n_embd
             return cls(params, resolved.n_layer, h, 4 * h, h, resolved.vocab_size, False)
+        names = [n for n, _ in model.named_parameters()]
+        gated = any(("gate_proj" in n or "gate_up_proj" in n or ".w3." in n) for n in names)
         c = model.hf.config
         h = int(c.hidden_size)
         heads = int(c.num_attention_heads)

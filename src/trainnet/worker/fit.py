@@ -17,7 +17,6 @@ import torch
 
 from trainnet.models.config import ModelConfig
 from trainnet.models.memory import GIB, SLACK, MemoryPlan, ModelShape, plan_memory
-from trainnet.models.registry import get_spec
 from trainnet.train.local import use_bf16
 
 
@@ -44,20 +43,7 @@ def available_memory(device: str) -> tuple[float, str]:
 def shape_of(model: torch.nn.Module, cfg: ModelConfig) -> ModelShape:
     """ModelShape.of(cfg), read from a model already built (ModelShape.of builds one on the meta device, which
     imports torch._dynamo: seconds of start-up a worker that holds the model does not need to pay)."""
-    resolved = get_spec(cfg.spec).resolve(cfg)
-    params = sum(p.numel() for p in model.parameters())
-    if resolved.spec == "gpt-bytes":
-        h = resolved.n_embd
-        return ModelShape(params, resolved.n_layer, h, 4 * h, h, resolved.vocab_size, False)
-    names = [n for n, _ in model.named_parameters()]
-    gated = any(("gate_proj" in n or "gate_up_proj" in n or ".w3." in n) for n in names)
-    c = model.hf.config
-    h = int(c.hidden_size)
-    heads = int(c.num_attention_heads)
-    head_dim = int(getattr(c, "head_dim", None) or h // heads)
-    kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
-    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * h
-    return ModelShape(params, int(c.num_hidden_layers), h, int(inter), kv_heads * head_dim, int(c.vocab_size), gated)
+    return ModelShape.from_model(model, cfg)
 
 
 def need_bytes(plan: MemoryPlan, device: str) -> float:
