@@ -135,23 +135,11 @@ def sample_cmd(checkpoint, prompt, tokens, temperature, top_k, seed, tokenizer_p
 
 
 def _checked_tokenizer(checkpoint: str, path: str) -> object:
-    """The tokenizer at `path`, refused if the checkpoint records another one's sha256."""
-    import json
+    """The model's tokenizer (export's check: the checkpoint's recorded hash); a byte tokenizer is refused."""
+    from trainnet.data.tokenizing import HFTokenizer
+    from trainnet.models.checkpoint import checked_tokenizer
 
-    from safetensors import safe_open
-
-    from trainnet.data.tokenizing import HFTokenizer, TokenizerError, load_tokenizer
-    from trainnet.models.checkpoint import TOKENIZER_KEY
-
-    try:
-        tok = load_tokenizer(path)
-    except TokenizerError as exc:
-        raise CheckpointError(str(exc)) from None
+    tok = checked_tokenizer(checkpoint, path)
     if not isinstance(tok, HFTokenizer):
         raise CheckpointError(f"--tokenizer {path}: not a tokenizer.json (a byte-level model needs no --tokenizer)")
-    with safe_open(str(checkpoint), framework="pt") as f:
-        expected = json.loads((f.metadata() or {}).get(TOKENIZER_KEY, "null"))
-    if isinstance(expected, dict) and expected.get("sha256") and expected["sha256"] != tok.sha256:
-        raise CheckpointError(f"--tokenizer {path}: sha256 {tok.sha256[:12]} differs from the one the model was "
-                              f"trained with ({expected['sha256'][:12]})")
     return tok

@@ -88,3 +88,22 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, M
     except ModelConfigError as exc:
         raise CheckpointError(str(exc)) from None
     return model.to(device).eval(), cfg
+
+
+def checked_tokenizer(checkpoint: str | Path, path: str | Path) -> object:
+    """The tokenizer at `path` (a tokenizer.json or a prepared data folder), refused with a CheckpointError when
+    the checkpoint records another tokenizer's sha256 (export and sample share this check)."""
+    from safetensors import safe_open
+
+    from trainnet.data.tokenizing import TokenizerError, load_tokenizer
+
+    try:
+        tok = load_tokenizer(path)
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from None
+    with safe_open(str(checkpoint), framework="pt") as f:
+        expected = json.loads((f.metadata() or {}).get(TOKENIZER_KEY, "null"))
+    if isinstance(expected, dict) and expected.get("sha256") and expected["sha256"] != tok.sha256:
+        raise CheckpointError(f"--tokenizer {path}: sha256 {tok.sha256[:12]} differs from the one the model was "
+                              f"trained with ({expected['sha256'][:12]})")
+    return tok

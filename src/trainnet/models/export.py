@@ -12,14 +12,13 @@ tokenizer.json or a prepared data folder), checked against the checkpoint's toke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
 
-from trainnet.models.checkpoint import TOKENIZER_KEY, CheckpointError, load_checkpoint
+from trainnet.models.checkpoint import CheckpointError, checked_tokenizer, load_checkpoint
 from trainnet.models.config import ModelConfig, ModelConfigError
 
 
@@ -50,25 +49,19 @@ def _hf_model(mcfg: ModelConfig, params: dict[str, torch.Tensor]) -> Any:
 
 def export_hf(checkpoint: str | Path, out: str | Path, tokenizer: str | Path | None = None) -> Path:
     """Write the Hugging Face folder for a checkpoint; returns `out`."""
-    from safetensors import safe_open
     from transformers import PreTrainedTokenizerFast
 
-    from trainnet.data.tokenizing import HFTokenizer, load_tokenizer
+    from trainnet.data.tokenizing import HFTokenizer
 
     model, mcfg = load_checkpoint(checkpoint)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    with safe_open(str(checkpoint), framework="pt") as f:
-        expected = json.loads((f.metadata() or {}).get(TOKENIZER_KEY, "null"))
     if mcfg.spec == "gpt-bytes" and tokenizer is None and mcfg.vocab_size == 256:
         raw, kind = byte_tokenizer_json(), "bytes"
     elif tokenizer is None:
         raise CheckpointError(f"{checkpoint}: a {mcfg.spec} model with vocab {mcfg.vocab_size} needs --tokenizer "
                               "(its tokenizer.json or the prepared data folder)")
     else:
-        tok = load_tokenizer(tokenizer)
-        if isinstance(expected, dict) and expected.get("sha256") and expected["sha256"] != tok.sha256:
-            raise CheckpointError(f"--tokenizer {tokenizer}: sha256 {tok.sha256[:12]} differs from the one the model "
-                                  f"was trained with ({expected['sha256'][:12]})")
+        tok = checked_tokenizer(checkpoint, tokenizer)
         if not isinstance(tok, HFTokenizer):
             raw, kind = byte_tokenizer_json(), "bytes"
         else:
