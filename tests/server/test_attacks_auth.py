@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api_helpers import CLIENT, Harness, refusal, server_limits  # noqa: E402
 
 from trainnet.protocol import auth  # noqa: E402
-from trainnet.server.api import solve_pow  # noqa: E402
+from trainnet.protocol.auth import solve_pow  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -231,3 +231,19 @@ def verify_update(public_key_hex: str, signature_hex: str, run_id: str, node_id:
     """True if `signature_hex` is the node's signature over this update."""
     return _verify(public_key_hex, signature_hex,
                    update_message(run_id, node_id, task_id, base_version, body_sha256, header_sha256))
+
+
+def pow_ok(run_id: str, public_key: str, nonce: str, bits: int) -> bool:
+    """Proof of work at registration: sha256(run_id:public_key:nonce) starts with `bits` zero bits."""
+    if bits <= 0:
+        return True
+    digest = int.from_bytes(hashlib.sha256(f"{run_id}:{public_key}:{nonce}".encode()).digest(), "big")
+    return digest >> (256 - bits) == 0
+
+
+def solve_pow(run_id: str, public_key: str, bits: int) -> str:
+    """A nonce for pow_ok (the worker's side; expected cost 2**bits hashes)."""
+    i = 0
+    while not pow_ok(run_id, public_key, str(i), bits):
+        i += 1
+    return str(i)

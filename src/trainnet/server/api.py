@@ -26,7 +26,7 @@ from typing import Any
 from trainnet.aggregate import keys
 from trainnet.config import defence_report
 from trainnet.core.records import JoinToken
-from trainnet.protocol.auth import load_public_key, node_id_of, verify_request
+from trainnet.protocol.auth import load_public_key, node_id_of, pow_ok, verify_request
 from trainnet.protocol.ids import is_id
 from trainnet.protocol.messages import Heartbeat, LeaseRequest, NoTask, Register
 from trainnet.server.audit_api import AuditApi
@@ -45,22 +45,6 @@ SHARED_TOKEN = "shared"
 log = logging.getLogger("trainnet.coordinator")
 PUBLIC_BLOB_PREFIXES = ("pub/", "versions/")
 PROGRESS_KEYS = {"steps_done": int, "steps": int, "tokens_done": int, "eta_s": float, "loss": float}
-
-
-def pow_ok(run_id: str, public_key: str, nonce: str, bits: int) -> bool:
-    """Proof of work at registration: sha256(run_id:public_key:nonce) starts with `bits` zero bits."""
-    if bits <= 0:
-        return True
-    digest = int.from_bytes(hashlib.sha256(f"{run_id}:{public_key}:{nonce}".encode()).digest(), "big")
-    return digest >> (256 - bits) == 0
-
-
-def solve_pow(run_id: str, public_key: str, bits: int) -> str:
-    """A nonce for pow_ok (the worker's side; expected cost 2**bits hashes)."""
-    i = 0
-    while not pow_ok(run_id, public_key, str(i), bits):
-        i += 1
-    return str(i)
 
 
 class Api:

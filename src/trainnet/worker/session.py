@@ -34,7 +34,6 @@ from trainnet.energy import EnergyReading
 from trainnet.models import ModelConfig, build_model
 from trainnet.protocol import auth
 from trainnet.protocol.wire import encode_update, header_sha256
-from trainnet.server.api import solve_pow
 from trainnet.train.local import TaskHParams, params_of
 from trainnet.verify.commit import EMPTY_DIGEST, encode_committed
 from trainnet.worker.client import ApiError, CoordinatorClient, RetryPolicy, Stopped, Unreachable
@@ -243,7 +242,7 @@ class NodeSession:
         self.signer = info.get("signer")
         self.fetcher = VersionFetcher(self.client, self.template, self.signer)
         bits = int((info.get("limits") or {}).get("register_pow_bits") or 0)
-        nonce = solve_pow(run_id, auth.public_key_hex(self.key), bits) if bits > 0 else None
+        nonce = auth.solve_pow(run_id, auth.public_key_hex(self.key), bits) if bits > 0 else None
         reply = self.client.register(self.sopts.join_token, info={"device": self.device,
                                                                    "threads": torch.get_num_threads()},
                                      pow_nonce=nonce)
