@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -197,18 +198,33 @@ def run_multi(opts: WorkerOptions, status: StatusLine | None = None) -> int:
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    ranks = Ranks(device)
+    if ranks.rank != 0:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        code = _follow(ranks)
+        _leave_group()
+        # Skip interpreter finalization: gloo's worker threads can still hold tensors with Python references,
+        # and freeing them while the interpreter is torn down aborts the process (SIGABRT, "terminate called
+        # without an active exception"), turning a clean stop into a failed torchrun. This rank owns no files
+        # or network state; its only output is what it printed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    code = 1
     try:
-        ranks = Ranks(device)
-        if ranks.rank != 0:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
-            return _follow(ranks)
-        code = 1
-        try:
-            opts.device = device
-            code = MultiWorker(opts, ranks, status).run()
-        finally:
-            ranks.send({"op": "stop", "code": code})
-        return code
+        opts.device = device
+        code = MultiWorker(opts, ranks, status).run()
+    finally:
+        ranks.send({"op": "stop", "code": code})
+        _leave_group()
+    return code
+
+
+def _leave_group() -> None:
+    """Every rank reaches this point before any tears its connections down (a peer that closes its sockets
+    while another is still inside a collective makes gloo abort that one)."""
+    try:
+        dist.barrier()
     finally:
         dist.destroy_process_group()
