@@ -261,7 +261,8 @@ def test_failing_verdicts_ban_after_the_configured_count():
 def test_ban_drops_pending_work_requeues_it_and_revokes_the_token():
     core = published(config(quorum=100, max_leases_per_node=2))
     core.add_token(JoinToken("tk", digest("secret"), max_keys=5))
-    join(core, "n0", "n1", token_id="tk")
+    join(core, "n0", token_id="tk")
+    join(core, "n1")
     s0, _ = lease_and_submit(core, "n0", 1.0)
     s1, _ = lease_and_submit(core, "n1", 2.0)
     held = lease(core, "n0", 3.0)
@@ -282,6 +283,27 @@ def test_ban_drops_pending_work_requeues_it_and_revokes_the_token():
     assert core.heartbeat(Heartbeat("n0", held.task_id), 6.0).reason == "banned"
     log = core.take_changes().logs["updates"][s0.task_id]
     assert log["merged_into"] == -1 and log["dropped"] == "node banned"
+
+
+def test_a_ban_takes_the_participants_other_keys_but_leaves_a_shared_token_open():
+    core = published(config(quorum=100, max_leases_per_node=2))
+    core.add_token(JoinToken("alice", digest("a"), max_keys=5))
+    core.add_token(JoinToken("shared", digest("s"), max_keys=50, shared=True))
+    join(core, "a0", "a1", "a2", token_id="alice")
+    join(core, "s0", "s1", token_id="shared")
+    _, _ = lease_and_submit(core, "a1", 1.0)               # a sibling's buffered update goes too
+    held = lease(core, "a2", 1.5)                          # and its lease
+    assert core.ban("a0", "failed 1 audit(s)", 2.0) == 0
+    for sib in ("a1", "a2"):
+        assert core.nodes[sib].banned and core.nodes[sib].ban_reason == "same join token as banned node a0"
+    assert core.nodes_banned == 3 and not core.buffer and held.task_id not in core.leases
+    assert core.tokens_accepted == 0 and core.tokens["alice"].revoked.startswith("node a0 banned")
+    assert core.register(Register("a3", token_id="alice"), 3.0).reason == "token_revoked"
+    # a key that joined with the shared --join-token is banned alone: the run stays open to others
+    core.ban("s0", "failed 1 audit(s)", 4.0)
+    assert core.nodes["s0"].banned and not core.nodes["s1"].banned and core.tokens["shared"].revoked == ""
+    assert core.register(Register("s2", token_id="shared"), 5.0).ok
+    assert isinstance(core.lease(LeaseRequest("s1"), 5.0), TaskSpec)
 
 
 def test_ban_during_a_merge_leaves_the_node_out_of_the_plan():

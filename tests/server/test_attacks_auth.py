@@ -132,6 +132,18 @@ def test_join_token_quota_and_ban_revokes_the_token() -> None:
     assert refusal(lambda: h.register(a, join_token=issued["token"])).code == "banned"
 
 
+def test_a_ban_never_closes_the_shared_join_token() -> None:
+    """One cheater who joined with the run's --join-token must not lock every newcomer out."""
+    h = Harness.open(limits=server_limits(join_token="shared-secret", join_token_max_keys=10))
+    cheat, honest = h.node(join_token="shared-secret"), h.node(join_token="shared-secret")
+    h.svc.step(lambda c: c.ban(cheat.node_id, "test ban", h.clock.now))
+    assert refusal(lambda: h.register(cheat, join_token="shared-secret")).code == "banned"
+    h.register(honest, join_token="shared-secret")
+    newcomer = h.node(join_token="shared-secret")
+    assert newcomer.node_id in h.core.nodes and not h.core.nodes[honest.node_id].banned
+    assert h.core.tokens["shared"].revoked == ""
+
+
 def test_proof_of_work_is_required_when_configured() -> None:
     h = Harness.open(limits=server_limits(register_pow_bits=8))
     n = h.new_node()

@@ -302,6 +302,11 @@ def test_merge_tasks_claim_lapse_and_finish(state_store: StateStore) -> None:
     assert [(t["job_id"], t["shard"], t["phase"], t["attempt"]) for t in later[:3]] == [
         ("j", 1, "reduce", 2), ("j", 0, "apply", 2), ("k", 0, "reduce", 2)]
     assert later[3] is None
+    # A finished job's rows go; another job's stay, and a new task after the drop is queued normally.
+    assert s.drop_merge_tasks("j") == 3 and s.merge_tasks("j") == [] and s.drop_merge_tasks("j") == 0
+    assert [t["shard"] for t in s.merge_tasks("k")] == [0]
+    s.commit(Changes(merge_tasks=[_task("m", 0)]), fence)
+    assert s.claim_merge_task("agg-d", now=1e9, lease_s=10.0)["job_id"] == "m"
 
 
 def _claim_all(store: StateStore, owner: str, out: list[tuple[str, int, str]], start: threading.Barrier) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from trainnet.worker.report import read_task_logs
 
-LONG_H = 1200  # ~2 s or more per task here: longer than the lease, so only heartbeats keep it alive
+LONG_H = 300  # ~2 s or more per task on a fast core: longer than the lease, so only heartbeats keep it alive
 LEASE_S = 1.2
 
 

@@ -264,8 +264,11 @@ class MergeJob:
 
 @dataclass
 class JoinToken:
-    """A participant's join token (stored by hash): how many keys may register with it, and whether a ban
-    revoked it."""
+    """A join token (stored by hash): how many keys may register with it, and whether a ban revoked it.
+
+    A personal token (`trainnet tokens issue`) names one participant: a ban of any of its keys revokes it and
+    bans its other keys. A shared token (`--join-token`, `shared=True`) names no one: banning a key that joined
+    with it must not close the run to everyone else, so a ban leaves it alone."""
 
     token_id: str
     sha256: str
@@ -273,6 +276,7 @@ class JoinToken:
     keys: list[str] = field(default_factory=list)
     revoked: str = ""  # reason, when revoked
     label: str = ""
+    shared: bool = False
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -217,8 +217,9 @@ class VerifyMixin:
     # ------------------------------------------------------------------ bans
     def ban(self, node_id: str, reason: str, now: float, evidence: dict[str, Any] | None = None) -> int:
         """Ban a node: refuse it from now on, drop its buffered (not yet merged) updates and its leases (their
-        shards are requeued), leave its updates out of a merge still being measured, and revoke its join
-        token. Returns how many buffered updates were dropped."""
+        shards are requeued), leave its updates out of a merge still being measured, and, when it joined with a
+        personal token, revoke that token and ban the token's other keys (a shared token stays open). Returns
+        how many of this node's buffered updates were dropped."""
         node = self.nodes[node_id]
         if node.banned:
             return 0
@@ -240,12 +241,16 @@ class VerifyMixin:
         for task_id in sorted(self._node_leases.get(node_id, ())):
             lease = self._drop_lease(task_id)
             self.requeue.append((lease.spec.shard_id, lease.spec.seed))
-        if node.token_id and node.token_id in self.tokens:
-            tok = self.tokens[node.token_id]
-            if not tok.revoked:
-                tok.revoked = f"node {node_id} banned: {reason}"
-                self._changes.touch("tokens", tok.token_id)
         self._emit(now, "node_banned", node_id=node_id, reason=reason, dropped=len(dropped))
+        tok = self.tokens.get(node.token_id) if node.token_id else None
+        if tok is not None and not tok.shared and not tok.revoked:
+            # A personal token is one participant: the cheater's other keys go with it (else a Sybil with one
+            # token and several keys keeps working under the others), and the token registers no more.
+            tok.revoked = f"node {node_id} banned: {reason}"
+            self._changes.touch("tokens", tok.token_id)
+            for sibling in tok.keys:
+                if sibling != node_id and sibling in self.nodes:
+                    self.ban(sibling, f"same join token as banned node {node_id}", now)
         return len(dropped)
 
     def _drop_pending(self, p: Pending, reason: str, now: float, in_buffer: bool = True) -> None:

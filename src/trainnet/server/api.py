@@ -69,9 +69,9 @@ class Api:
 
         def ensure(core: Any) -> None:
             tok = core.tokens.get(SHARED_TOKEN)
-            if tok is None or tok.sha256 != sha or tok.max_keys != max_keys:
+            if tok is None or tok.sha256 != sha or tok.max_keys != max_keys or not tok.shared:
                 keys_ = tok.keys if tok is not None and tok.sha256 == sha else []
-                core.add_token(JoinToken(SHARED_TOKEN, sha, max_keys, list(keys_), label="--join-token"))
+                core.add_token(JoinToken(SHARED_TOKEN, sha, max_keys, list(keys_), label="--join-token", shared=True))
         self.svc.step(ensure)
 
     # ------------------------------------------------------------------ operator
@@ -297,7 +297,8 @@ class Api:
             nodes = sorted(c.nodes.values(), key=lambda n: -n.tokens_accepted)[:limit]
             return {"node_table": [node_row(n) for n in nodes],
                     "tokens": [{"token_id": t.token_id, "max_keys": t.max_keys, "keys": len(t.keys),
-                                "revoked": t.revoked, "label": t.label} for t in c.tokens.values()],
+                                "revoked": t.revoked, "label": t.label, "shared": t.shared}
+                               for t in c.tokens.values()],
                     "jobs": [{"job_id": j.job_id, "kind": j.kind, "phase": j.phase, "updates": len(j.updates)}
                              for j in c.jobs.values()]}
         traffic = svc.state.traffic()

@@ -145,7 +145,7 @@ def aggregator_cmd(run_path, db, blobs, overrides, threads, log_level):
 
 @click.group("tokens")
 def tokens_cmd():
-    """Per-participant join tokens (each with a key quota; a ban revokes the token it came from)."""
+    """Per-participant join tokens (each with a key quota; a ban revokes the token it came from and bans its other keys)."""
 
 
 @tokens_cmd.command("issue")

@@ -7,6 +7,7 @@ need (`max_staleness` + 1 versions); every published version from the last full 
 oldest version anyone may still need (open leases, pending audits, `keep_versions`), so a worker or verifier
 can always rebuild it; the update and residual blobs of audits that are pending or failed (evidence). Merged
 updates nobody audits are deleted once merged (the issue measured ≈267 TB of kept updates at the seed scale).
+A finished job's merge-task rows leave the StateStore (2 x shards rows per version otherwise stay for the run).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from trainnet.server.service import Service
 from trainnet.store.blobs import BlobError
 
 log = logging.getLogger("trainnet.coordinator")
+
+# The events that end a merge job (core/merging.py): after one, nothing reads the job's merge-task rows.
+JOB_OVER = frozenset({"version_published", "aggregated", "warm_start_applied", "final_published",
+                      "version_republished", "merge_cancelled"})
 
 
 class Pruner:
@@ -107,6 +112,8 @@ class Pruner:
                 for u in updates:
                     if u["task_id"] not in audited:
                         self._delete(u["blob"])
+            if kind in JOB_OVER and data.get("job_id"):
+                svc.state.drop_merge_tasks(data["job_id"])  # the job is over and its rows are read: they go
             elif kind == "audit_passed":  # a passed audit's residuals are no evidence of anything
                 a = svc.state.log_get("audits", data.get("task_id", ""))
                 if a is not None:

@@ -165,6 +165,11 @@ class StateStore(abc.ABC):
     def merge_tasks(self, job_id: str) -> list[Doc]:
         """Every task of a job: {"job_id", "shard", "phase", "spec", "status", "owner", "result"}."""
 
+    @abc.abstractmethod
+    def drop_merge_tasks(self, job_id: str) -> int:
+        """Forget a finished job's tasks (the pruner, once it has read them); how many rows went. Without this
+        the queue grows by 2 x shards rows per version for the whole run."""
+
     # ------------------------------------------------------------------ health
     @abc.abstractmethod
     def health_check(self) -> None:

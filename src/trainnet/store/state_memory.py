@@ -168,5 +168,12 @@ class MemoryStateStore(StateStore):
             return [{k: t[k] for k in ("job_id", "shard", "phase", "spec", "status", "owner", "result")}
                     for t in sorted(self._tasks.values(), key=lambda t: t["seq"]) if t["job_id"] == job_id]
 
+    def drop_merge_tasks(self, job_id: str) -> int:
+        with self._lock:
+            gone = [k for k, t in self._tasks.items() if t["job_id"] == job_id]
+            for k in gone:
+                del self._tasks[k]
+            return len(gone)
+
     def health_check(self) -> None:
         return None

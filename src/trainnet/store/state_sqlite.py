@@ -358,6 +358,10 @@ class SqliteStateStore(StateStore):
         return [{"job_id": j, "shard": s, "phase": p, "spec": json.loads(spec), "status": st, "owner": o,
                  "result": None if r is None else json.loads(r)} for j, s, p, spec, st, o, r in rows]
 
+    def drop_merge_tasks(self, job_id: str) -> int:
+        return self._write(lambda c: c.execute("DELETE FROM merge_tasks WHERE job_id = ?", (job_id,)).rowcount,
+                           "drop a job's merge tasks")
+
     # ------------------------------------------------------------------ health
     def health_check(self) -> None:
         self._write(lambda c: c.execute("UPDATE health SET n = n + 1, time = ? WHERE id = 1", (time.time(),)),
