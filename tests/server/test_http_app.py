@@ -149,3 +149,33 @@ def test_public_views_carry_aggregates_only_and_the_operator_view_needs_the_toke
     assert "operator-secret" not in op.text  # secrets are never echoed
     private = _metrics(h, headers={"Authorization": f"Bearer {TOKEN}"})
     assert nodes[0].node_id in private  # the operator's scrape has the per-node series
+
+
+def test_the_commit_body_is_strictly_typed(h: Harness) -> None:
+    """POST /v1/update/{id}/commit takes exactly the fields a worker signs (worker/session.py), with their JSON
+    types: an unknown field, a missing one or a wrong type is a 400 that names it, before any store is read."""
+    n = h.node()
+    task = h.lease(n)
+    path = f"/v1/update/{task['task_id']}/commit"
+    good = {"base_version": 0, "sha256": "ab" * 32, "header_sha256": "cd" * 32, "nbytes": 10, "codec": task["codec"],
+            "tokens": 160, "steps": 5, "loss": 5.1, "energy_j": 1.5, "energy_measured": False,
+            "energy_source": "estimate: tdp", "task_s": 0.2, "ef_in": "00" * 32, "ef_out": "11" * 32}
+    blobs = sorted(h.svc.blobs.list())
+    for meta, named in [(good | {"blob": "../escape"}, "unknown field(s): blob"),
+                        ({k: v for k, v in good.items() if k != "tokens"}, "missing field 'tokens'"),
+                        (good | {"nbytes": "10"}, "field 'nbytes' must be int"),
+                        (good | {"steps": True}, "field 'steps' must be int"),
+                        (good | {"energy_measured": 1}, "field 'energy_measured' must be bool"),
+                        (good | {"codec": "q" * 300}, "field 'codec' is longer than 256 characters")]:
+        body = json.dumps(meta).encode()
+        r = request(h, "POST", path, content=body, headers=signed(h, n, "POST", path, body))
+        assert (r.status_code, r.json()["error"]) == (400, "bad_request"), (named, r.text)
+        assert named in r.json()["detail"], r.json()
+    body = b'{"base_version": 0, "nbytes": NaN}'
+    r = request(h, "POST", path, content=body, headers=signed(h, n, "POST", path, body))
+    assert (r.status_code, r.json()["error"]) == (400, "bad_json")
+    # the well-typed body gets as far as the store: nothing was PUT at the task's key
+    body = json.dumps(good).encode()
+    r = request(h, "POST", path, content=body, headers=signed(h, n, "POST", path, body))
+    assert (r.status_code, r.json()["error"]) == (409, "blob_missing"), r.text
+    assert sorted(h.svc.blobs.list()) == blobs and task["task_id"] in h.core.leases

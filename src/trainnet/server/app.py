@@ -32,6 +32,7 @@ from trainnet.server.api import PROTOCOL
 from trainnet.server.limits import ApiError
 from trainnet.server.runtime import Runtime
 from trainnet.server.service import Unavailable
+from trainnet.server.uploads import COMMIT_OPTIONAL, COMMIT_REQUIRED, parse_commit
 
 log = logging.getLogger("trainnet.coordinator")
 
@@ -47,6 +48,8 @@ def _json_doc(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"parameters": _SIG, "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": {"4XX": _ERROR}}
 
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object"}
 
 _BINARY_DOC = {"parameters": _SIG, "requestBody": {"required": True, "content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}}, "responses": {"4XX": _ERROR}}
@@ -167,7 +170,8 @@ def create_app(rt: Runtime) -> FastAPI:
                                            request.headers.get(HDR_UPDATE_SIG), now)
         return await guarded(request, run)
 
-    @app.post("/v1/update/{task_id}/commit", openapi_extra=_json_doc({}, []))
+    @app.post("/v1/update/{task_id}/commit", openapi_extra=_json_doc(
+        {k: {"type": _JSON_TYPES[t]} for k, t in (COMMIT_REQUIRED | COMMIT_OPTIONAL).items()}, list(COMMIT_REQUIRED)))
     async def commit(request: Request, task_id: str) -> Response:
         async def run() -> dict:
             now = time.time()
@@ -175,7 +179,7 @@ def create_app(rt: Runtime) -> FastAPI:
                                              f"/v1/update/{task_id}/commit", now)
             body = await read_body(request, lim.max_json_bytes, json_s)
             api.auth.check_body(caller, body)
-            meta = _json_object(body)
+            meta = parse_commit(body)
             return await run_in_threadpool(api.uploads.commit, caller, task_id, meta,
                                            request.headers.get(HDR_UPDATE_SIG), now)
         return await guarded(request, run)
@@ -298,18 +302,6 @@ def create_app(rt: Runtime) -> FastAPI:
 
     app.state.runtime = rt
     return app
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    import json
-
-    try:
-        d = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "bad_json", "body is not valid JSON") from None
-    if not isinstance(d, dict) or len(d) > 32:
-        raise ApiError(400, "bad_json", "body must be a JSON object of at most 32 fields")
-    return d
 
 
 def _stream_into(request: Request, blobs: Any, key: str, max_bytes: int, timeout_s: float) -> tuple[int, str]:

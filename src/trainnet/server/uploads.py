@@ -30,7 +30,7 @@ from trainnet.protocol.ids import is_id
 from trainnet.protocol.messages import SubmitReply, UpdateSubmission
 from trainnet.protocol.wire import PREFIX, WireFormatError, WireLimits, parse_header, parse_prefix
 from trainnet.server.auth import Caller
-from trainnet.server.limits import ApiError
+from trainnet.server.limits import ApiError, parse_json_object
 from trainnet.server.service import Service, Unavailable
 
 DIGEST_CHARS = frozenset("0123456789abcdef")
@@ -96,6 +96,19 @@ def commitments(extra: dict[str, Any], required: bool) -> tuple[str, str]:
         return _digest(extra.get("ef_in"), "update extra.ef_in"), _digest(extra.get("ef_out"), "update extra.ef_out")
     except ApiError as exc:
         raise ApiError(422, "bad_payload", exc.detail + why) from None
+
+
+# The signed metadata of a presigned upload (POST /v1/update/{id}/commit): what the worker's header carries
+# (worker/session.py) plus the blob's size and hashes. Exactly these fields, with these JSON types.
+COMMIT_REQUIRED: dict[str, type] = {"base_version": int, "sha256": str, "header_sha256": str, "nbytes": int,
+                                    "codec": str, "tokens": int, "steps": int}
+COMMIT_OPTIONAL: dict[str, type] = {"loss": float, "energy_j": float, "energy_measured": bool, "energy_source": str,
+                                    "task_s": float, "ef_in": str, "ef_out": str}
+
+
+def parse_commit(body: bytes) -> dict[str, Any]:
+    """The commit body, strictly typed like every other JSON body (400 naming the field otherwise)."""
+    return parse_json_object(body, COMMIT_REQUIRED, COMMIT_OPTIONAL)
 
 
 @dataclass(frozen=True)
