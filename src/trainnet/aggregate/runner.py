@@ -6,7 +6,10 @@
 
 Any number of aggregators, on any machines, can serve one run: a task is held by one claimant at a time
 (PostgreSQL: FOR UPDATE SKIP LOCKED), its claim lapses after `lease_s` if the process dies, and a task run
-twice writes the same bytes (every merge is deterministic), so a retry is harmless.
+twice writes the same bytes (every merge is deterministic), so a retry is harmless. A task that fails (the
+object store unreachable, say) is handed back at once, so the run does not stall for `lease_s`; the aggregator
+that failed then claims nothing for a while (1 s, doubling per attempt up to a minute), so an error that keeps
+happening is retried at a bounded rate instead of in a hot loop.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from trainnet.store.state import StateStore
 
 log = logging.getLogger("trainnet.aggregate")
 
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+
 
 class Aggregator:
     def __init__(self, state: StateStore, env: ShardEnv, owner: str, lease_s: float = 300.0,
@@ -29,20 +35,34 @@ class Aggregator:
         self.state, self.env, self.owner, self.lease_s = state, env, owner, lease_s
         self.run_task = run or (lambda spec: run_merge_task(spec, env))  # or a data-plane process pool
         self.tasks_done = 0
+        self.tasks_failed = 0
         self.seconds = 0.0
         self.last_error: str | None = None
+        self.resume_at = 0.0  # after a failure: claim nothing before this time
 
     def step(self, now: float) -> bool:
+        if now < self.resume_at:
+            return False
         task = self.state.claim_merge_task(self.owner, now, self.lease_s)
         if task is None:
             return False
         t0 = time.perf_counter()
         try:
             result = self.run_task(task["spec"])
-        except Exception as exc:  # logged; the claim lapses and the task is retried (here or elsewhere)
+        except Exception as exc:
+            self.tasks_failed += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("merge task %s shard %s %s failed (attempt %s): %s\n%s", task["job_id"], task["shard"],
-                      task["phase"], task.get("attempt"), exc, traceback.format_exc(limit=4))
+            attempt = int(task.get("attempt") or 1)
+            wait = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (attempt - 1))
+            self.resume_at = now + wait
+            log.error("merge task %s shard %s %s failed (attempt %s; handed back, this aggregator waits %.0fs): "
+                      "%s\n%s", task["job_id"], task["shard"], task["phase"], attempt, wait, exc,
+                      traceback.format_exc(limit=4))
+            try:  # back in the queue now, for any aggregator, instead of when the claim lapses
+                self.state.release_merge_task(task["job_id"], task["shard"], task["phase"], self.owner)
+            except Exception as rel:  # the store is what failed: the claim lapses as before
+                log.warning("could not hand back merge task %s shard %s %s: %s", task["job_id"], task["shard"],
+                            task["phase"], rel)
             return False
         dt = time.perf_counter() - t0
         self.seconds += dt
