@@ -11,8 +11,9 @@ import pytest
 
 from trainnet.worker.report import read_task_logs
 
-LONG_H = 300  # ~2 s or more per task on a fast core: longer than the lease, so only heartbeats keep it alive
+LONG_H = 600  # ~2.3 s per task on an idle core here: longer than the lease, so only heartbeats keep it alive
 LEASE_S = 1.2
+PAUSE_H = 300  # ~1.2 s per task: long enough to be stopped mid-task 0.5 s after the lease
 
 
 def test_killed_worker_lease_expires_and_heartbeats_keep_leases(cluster_factory, wt, tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_killed_worker_lease_expires_and_heartbeats_keep_leases(cluster_factory,
 
 
 def test_stopped_worker_pauses_keeps_its_lease_and_resumes(cluster_factory, wt, tmp_path: Path) -> None:
-    cl = cluster_factory(tokens=LONG_H * 8 * 32, workers=1, h=LONG_H, quorum=1, lease_s=60.0)
+    cl = cluster_factory(tokens=PAUSE_H * 8 * 32, workers=1, h=PAUSE_H, quorum=1, lease_s=60.0)
     cl.start_coordinator()
     cl.wait_ready()
     (worker,) = cl.workers
