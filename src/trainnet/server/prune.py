@@ -112,8 +112,6 @@ class Pruner:
                 for u in updates:
                     if u["task_id"] not in audited:
                         self._delete(u["blob"])
-            if kind in JOB_OVER and data.get("job_id"):
-                svc.state.drop_merge_tasks(data["job_id"])  # the job is over and its rows are read: they go
             elif kind == "audit_passed":  # a passed audit's residuals are no evidence of anything
                 a = svc.state.log_get("audits", data.get("task_id", ""))
                 if a is not None:
@@ -121,3 +119,5 @@ class Pruner:
                         self._delete(a["residual_blob"])
                     if a.get("merged_into") is not None:
                         self._delete(a["blob"])
+            if kind in JOB_OVER and data.get("job_id"):  # the job is over and its rows were read above: they go
+                svc.state.drop_merge_tasks(data["job_id"])

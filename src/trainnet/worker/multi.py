@@ -198,7 +198,11 @@ def run_multi(opts: WorkerOptions, status: StatusLine | None = None) -> int:
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
-    ranks = Ranks(device)
+    try:
+        ranks = Ranks(device)
+    except BaseException:
+        dist.destroy_process_group()
+        raise
     if ranks.rank != 0:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
