@@ -72,7 +72,6 @@ class _SliceCache:
             self.nbytes -= 4 * old.numel()
 
 
-
 OPEN_THREADS = 8
 
 

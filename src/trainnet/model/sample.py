@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from trainnet.models.checkpoint import CONFIG_KEY, CheckpointError, load_checkpoint, read_config
+from trainnet.models.gpt import generate_tokens
 
 __all__ = ["CONFIG_KEY", "CheckpointError", "load_checkpoint", "read_config", "sample_lines", "sample_text",
            "sample_tokens"]
@@ -49,25 +50,6 @@ def _few_threads(model: nn.Module) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@torch.no_grad()
-def _generate(model: nn.Module, idx: torch.Tensor, n: int, block_size: int, temperature: float,
-              top_k: int | None, gen: torch.Generator) -> torch.Tensor:
-    """Any model with TrainNet's forward contract (forward(x) -> (logits, loss)): n tokens appended to idx."""
-    for _ in range(n):
-        logits, _ = model(idx[:, -block_size:])
-        logits = logits[:, -1, :].float()
-        if temperature <= 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits[logits < kth] = -float("inf")
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
-        idx = torch.cat([idx, nxt], dim=1)
-    return idx
-
-
 def sample_tokens(model: nn.Module, tokenizer: object, block_size: int, prompt: str = "", tokens: int = 200,
                   temperature: float = 0.8, seed: int = 0, top_k: int | None = None) -> str:
     """Continue `prompt` by `tokens` tokens of `tokenizer` (a trainnet.data.tokenizing HFTokenizer)."""
@@ -77,7 +59,7 @@ def sample_tokens(model: nn.Module, tokenizer: object, block_size: int, prompt: 
     idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
     gen = torch.Generator(device=idx.device).manual_seed(seed)
     with _few_threads(model):
-        out = _generate(model, idx, tokens, block_size, temperature, top_k, gen)
+        out = generate_tokens(model, idx, tokens, block_size, temperature, top_k, gen)
     text = tokenizer.decode(out[0].tolist()[0 if prompt else len(ids):])
     return _printable(text)
 

@@ -125,19 +125,28 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
-    @torch.no_grad()
     def generate(
         self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample continuations of idx [B, T]; deterministic for a given generator."""
-        for _ in range(max_new_tokens):
-            cond = idx[:, -self.cfg.block_size :]
-            logits, _ = self(cond)
-            logits = logits[:, -1, :] / max(temperature, 1e-6)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
-        return idx
+        return generate_tokens(self, idx, max_new_tokens, self.cfg.block_size, temperature, top_k, generator)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: nn.Module, idx: torch.Tensor, max_new_tokens: int, block_size: int, temperature: float = 1.0,
+    top_k: int | None = None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample continuations of idx [B, T] from any model with TrainNet's forward contract
+    (forward(x) -> (logits, loss)): GPT.generate, and `trainnet sample` for the other model kinds."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -block_size:])
+        logits = logits[:, -1, :].float() / max(temperature, 1e-6)
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        probs = F.softmax(logits, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+    return idx
+

@@ -81,13 +81,13 @@ class RunSpec:
     @cached_property
     def shapes(self) -> ParamDict:
         """Parameter names and shapes as storage-free meta tensors (a 1B model's fp32 copy is 4 GB per process)."""
-        if "template" in self.__dict__:
-            return {k: torch.empty(v.shape, device="meta") for k, v in self.template.items()}
-        try:
-            with torch.device("meta"):
-                return {k: p.detach() for k, p in build_model(self.cfg).named_parameters()}
-        except Exception:  # a spec that cannot be built on the meta device (e.g. loading a checkpoint)
-            return {k: torch.empty(v.shape, device="meta") for k, v in self.template.items()}
+        if "template" not in self.__dict__:
+            try:
+                with torch.device("meta"):
+                    return {k: p.detach() for k, p in build_model(self.cfg).named_parameters()}
+            except Exception:  # a spec that cannot be built on the meta device (e.g. loading a checkpoint)
+                pass
+        return {k: torch.empty(v.shape, device="meta") for k, v in self.template.items()}
 
     @cached_property
     def layout(self) -> ParamLayout:

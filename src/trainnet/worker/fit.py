@@ -40,12 +40,6 @@ def available_memory(device: str) -> tuple[float, str]:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "physical RAM"
 
 
-def shape_of(model: torch.nn.Module, cfg: ModelConfig) -> ModelShape:
-    """ModelShape.of(cfg), read from a model already built (ModelShape.of builds one on the meta device, which
-    imports torch._dynamo: seconds of start-up a worker that holds the model does not need to pay)."""
-    return ModelShape.from_model(model, cfg)
-
-
 def need_bytes(plan: MemoryPlan, device: str) -> float:
     """Bytes one task needs on `device` (estimate): the plan's device total on a GPU; on a CPU its tensors with
     the allocator slack plus the host copies (no CUDA context)."""
@@ -78,7 +72,9 @@ class FitCheck:
         bf16 = use_bf16(str(hp.get("precision", "auto")), self.device)
         key = (model_cfg.spec, repr(model_cfg.to_dict()), batch, seq, bf16)
         if key not in self._seen:
-            shape = shape_of(model, model_cfg) if model is not None else ModelShape.of(model_cfg)
+            # Read from the model already built when there is one: ModelShape.of builds one on the meta device,
+            # which imports torch._dynamo (seconds of start-up a worker that holds the model need not pay).
+            shape = ModelShape.from_model(model, model_cfg) if model is not None else ModelShape.of(model_cfg)
             self._seen[key] = self._check(model_cfg, shape, batch, seq, bf16)
         return self._seen[key]
 
